@@ -1,0 +1,244 @@
+"""ParNet models with the `keras.applications` builder contract.
+
+Reference:
+    Goyal, Bochkovskiy, Deng, Koltun. "Non-deep Networks". arXiv 2110.07641.
+    Official code: imankgoyal/NonDeepNetworks (`simplenet_impl/simpnet.py`).
+
+Layout (layer-name prefixes in brackets; the official module names after `=`):
+
+    image -> [downsample1] 64, s2 -> [downsample2] w0, s2 = inits.0
+          -> [downsample3] w1, s2 = inits.1 -> [downsample4] w2, s2 = inits.2
+    stream 1: downsample2 output -> [stream1_block1..4]
+              -> [stream1_downsample] w1, s2 = downsamples_2.0
+    stream 2: downsample3 output -> [stream2_block1..5]
+              -> [fusion1] (stream 2, stream1_downsample) -> w2, s2 = downsamples_2.1
+    stream 3: downsample4 output -> [stream3_block1..5]
+              -> [fusion2] (stream 3, fusion1) -> w2, s1 = combine.0-2
+    -> [downsample5] w3, s2 = combine.3 -> [avg_pool] -> [top_dropout] -> [predictions]
+
+The output stride is 32 (7x7 features at 224 px). With `small_input=True`
+(the paper's CIFAR setting) the first two blocks keep stride 1, so the output
+stride is 8 (4x4 features at 32 px).
+"""
+
+import os
+
+import keras
+from keras import layers
+
+from keras_parnet.blocks import downsampling_block, fusion_block, repvgg_block, stream
+
+MIN_INPUT_SIZE = 32
+STREAM_DEPTHS = (4, 5, 5)
+
+# (w0, w1, w2, w3) and the dropout of the official configurations.
+MODEL_CONFIGS = {
+    "parnet_s": {"widths": (96, 192, 384, 1280), "dropout": 0.0},
+    "parnet_m": {"widths": (128, 256, 512, 2048), "dropout": 0.0},
+    "parnet_l": {"widths": (160, 320, 640, 2560), "dropout": 0.1},
+    "parnet_xl": {"widths": (200, 400, 800, 3200), "dropout": 0.1},
+}
+
+BASE_DOCSTRING = """Instantiates the {size} ParNet architecture.
+
+Reference:
+- [Non-deep Networks](https://arxiv.org/abs/2110.07641) (Goyal et al., 2021)
+
+Widths (w0, w1, w2, w3) = {widths}; streams of 4, 5 and 5 ParNet blocks;
+{params} trainable parameters with the 1000-class top (unfused form).
+Inputs are channels-last RGB in [0, 1], any size from 32 px.
+
+Args:
+    include_top: whether to include the pooling and dense classifier.
+    weights: `None` (random initialization) or the path of a weights file
+        (`.weights.h5`, or legacy `.h5` as written by Keras `save_weights`).
+    input_tensor: optional Keras tensor to use as the image input.
+    input_shape: optional `(height, width, 3)`; `None` accepts any size.
+    pooling: with `include_top=False`, `None` for the 4D feature map,
+        `"avg"` or `"max"` for a 2D pooled output.
+    classes: number of classes, with `include_top=True`.
+    classifier_activation: activation of the top layer (`None` for logits).
+    dropout: dropout rate before the classifier (official: {dropout}).
+    small_input: keep stride 1 in the first two blocks (CIFAR-style,
+        32x32 inputs; output stride 8 instead of 32).
+    activation: block non-linearity, `"silu"` as in the paper.
+    name: model name.
+
+Returns:
+    A `keras.Model`.
+"""
+
+
+def _check_arguments(widths, include_top, weights, input_shape, pooling, classes, dropout):
+    if len(widths) != 4 or any(int(w) < 1 for w in widths):
+        raise ValueError(f"`widths` must be 4 positive integers (w0, w1, w2, w3), got {widths}.")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be None or the path of a weights file, got {weights!r}.")
+    if weights == "imagenet":
+        raise ValueError(
+            "No ImageNet weights can be downloaded for ParNet: pass weights=None or the "
+            "path of a weights file."
+        )
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"`classes` must be an integer of at least 1, got {classes!r}.")
+    if not include_top and pooling not in (None, "avg", "max"):
+        raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {pooling!r}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
+    if input_shape is None:
+        return
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"`input_shape` must be (height, width, channels), got {tuple(input_shape)}."
+        )
+    if input_shape[-1] != 3:
+        raise ValueError(
+            f"`input_shape` must have 3 (RGB) channels last, got {tuple(input_shape)}; "
+            "convert images to RGB and use channels_last."
+        )
+    for size in input_shape[:2]:
+        if size is not None and size < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"`input_shape` {tuple(input_shape)} is below the {MIN_INPUT_SIZE} px "
+                f"minimum; resize images to at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}."
+            )
+
+
+def load_weights_file(model, path):
+    """Loads `.weights.h5`, legacy `.h5` or `.keras` weights into `model`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file does not fit the model (other architecture or
+            class count), with the file and model named.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not path.endswith((".h5", ".hdf5", ".keras")):
+        raise ValueError(
+            f"unsupported weights file {path}: use .weights.h5, .h5 or .keras."
+        )
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, OSError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"weights file {path} does not fit model '{model.name}' (output shape "
+            f"{model.output_shape}): {reason}"
+        ) from None
+
+
+def ParNet(
+    widths,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    dropout=0.0,
+    small_input=False,
+    activation="silu",
+    name="parnet",
+):
+    """Instantiates a ParNet of any widths.
+
+    Args:
+        widths: `(w0, w1, w2, w3)`: the widths of the three streams and of the
+            last downsampling block.
+        See `parnet_s` for the other arguments.
+
+    Returns:
+        A `keras.Model`.
+    """
+    if input_tensor is not None and input_shape is None:
+        input_shape = tuple(input_tensor.shape[1:])
+    _check_arguments(widths, include_top, weights, input_shape, pooling, classes, dropout)
+    w0, w1, w2, w3 = (int(w) for w in widths)
+
+    if input_shape is None:
+        input_shape = (None, None, 3)
+    if input_tensor is None:
+        img_input = layers.Input(shape=input_shape)
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        img_input = layers.Input(tensor=input_tensor, shape=input_shape)
+    else:
+        img_input = input_tensor
+
+    stem_strides = 1 if small_input else 2
+    x = repvgg_block(img_input, min(64, w0), stem_strides, activation, "downsample1")
+    stream1_in = repvgg_block(x, w0, stem_strides, activation, "downsample2")
+    stream2_in = downsampling_block(stream1_in, w1, activation=activation, name="downsample3")
+    stream3_in = downsampling_block(stream2_in, w2, activation=activation, name="downsample4")
+
+    x = stream(stream1_in, STREAM_DEPTHS[0], activation, "stream1")
+    x = downsampling_block(x, w1, activation=activation, name="stream1_downsample")
+    y = stream(stream2_in, STREAM_DEPTHS[1], activation, "stream2")
+    x = fusion_block(y, x, w2, strides=2, activation=activation, name="fusion1")
+    y = stream(stream3_in, STREAM_DEPTHS[2], activation, "stream3")
+    x = fusion_block(y, x, w2, strides=1, activation=activation, name="fusion2")
+    x = downsampling_block(x, w3, activation=activation, name="downsample5")
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout, name="top_dropout")(x)
+        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = keras.Model(inputs, x, name=name)
+    if weights is not None:
+        load_weights_file(model, weights)
+    return model
+
+
+def _builder(model_name, params):
+    config = MODEL_CONFIGS[model_name]
+
+    def builder(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        dropout=config["dropout"],
+        small_input=False,
+        activation="silu",
+        name=model_name,
+    ):
+        return ParNet(
+            config["widths"],
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            dropout=dropout,
+            small_input=small_input,
+            activation=activation,
+            name=name,
+        )
+
+    builder.__name__ = builder.__qualname__ = model_name
+    builder.__doc__ = BASE_DOCSTRING.format(
+        size=model_name.split("_")[1].upper(), params=params, **config
+    )
+    return builder
+
+
+parnet_s = _builder("parnet_s", "20,983,848")
+parnet_m = _builder("parnet_m", "38,953,256")
+parnet_l = _builder("parnet_l", "60,180,008")
+parnet_xl = _builder("parnet_xl", "93,176,168")
+
+BUILDERS = {"s": parnet_s, "m": parnet_m, "l": parnet_l, "xl": parnet_xl}

@@ -1,0 +1,38 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Small enough for 2 CPU cores, large enough to keep every block distinct
+# (w0 < 64 exercises the stem's min(64, w0) rule).
+TINY_WIDTHS = (16, 24, 32, 48)
+
+
+def randomize_batch_norm(model, seed=0):
+    """Gives every BatchNormalization layer non-trivial statistics and affine
+    parameters, so that tests see what inference-mode BN really does."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.normal(0, 0.2, beta.shape).astype("float32"),
+                    rng.normal(0, 0.2, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
+                ]
+            )
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    from keras_parnet import ParNet
+
+    return randomize_batch_norm(ParNet(TINY_WIDTHS, classes=3, name="tiny"))

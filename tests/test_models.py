@@ -1,0 +1,142 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_WIDTHS
+
+from keras_parnet import ParNet, parnet_l, parnet_m, parnet_s, parnet_xl
+
+SIZES = [(32, 32), (64, 64), (96, 96), (128, 128), (224, 224), (256, 256), (200, 320)]
+
+
+def trainable_params(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize(
+    "builder, expected",
+    [
+        (parnet_s, 20_983_848),
+        (parnet_m, 38_953_256),
+        (parnet_l, 60_180_008),
+        (parnet_xl, 93_176_168),
+    ],
+)
+def test_trainable_parameters_match_official(builder, expected):
+    model = builder(input_shape=(224, 224, 3), classes=1000)
+    assert trainable_params(model) == expected
+    # Output stride 32: 7x7 at 224.
+    assert model.get_layer("downsample5_act").output.shape[1:3] == (7, 7)
+
+
+@pytest.mark.parametrize("builder", [parnet_s, parnet_m, parnet_l, parnet_xl])
+def test_named_builders_run_at_any_size(builder):
+    model = builder(classes=2)
+    for size in (32, 64):
+        probabilities = model.predict(np.random.rand(1, size, size, 3), verbose=0)
+        assert probabilities.shape == (1, 2)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("small_input", [False, True])
+@pytest.mark.parametrize("height, width", SIZES + [(33, 47)])
+def test_forward_pass_at_every_size(height, width, small_input):
+    model = ParNet(
+        TINY_WIDTHS,
+        include_top=False,
+        input_shape=(height, width, 3),
+        small_input=small_input,
+    )
+    stride = 8 if small_input else 32
+    expected = (math.ceil(height / stride), math.ceil(width / stride), TINY_WIDTHS[3])
+    assert model.output_shape[1:] == expected
+    features = model.predict(np.random.rand(2, height, width, 3), verbose=0)
+    assert features.shape == (2, *expected)
+    assert np.isfinite(features).all()
+
+
+def test_dynamic_input_model_accepts_several_sizes(tiny_model):
+    for height, width in SIZES:
+        assert tiny_model.predict(np.random.rand(1, height, width, 3), verbose=0).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "pooling, shape",
+    [(None, (None, 3, 4, TINY_WIDTHS[3])), ("avg", (None, TINY_WIDTHS[3])), ("max", (None, TINY_WIDTHS[3]))],
+)
+def test_headless_output_shapes(pooling, shape):
+    model = ParNet(TINY_WIDTHS, include_top=False, pooling=pooling, input_shape=(96, 128, 3))
+    assert model.output_shape == shape
+    assert model.predict(np.random.rand(1, 96, 128, 3), verbose=0).shape == (1, *shape[1:])
+
+
+def test_max_and_avg_pooling_differ_as_numpy_says():
+    inputs = np.random.rand(2, 64, 96, 3).astype("float32")
+    features = ParNet(TINY_WIDTHS, include_top=False, input_shape=(64, 96, 3))
+    feature_map = features.predict(inputs, verbose=0)
+    for pooling, reduce in (("avg", np.mean), ("max", np.max)):
+        pooled = ParNet(TINY_WIDTHS, include_top=False, pooling=pooling, input_shape=(64, 96, 3))
+        pooled.set_weights(features.get_weights())
+        np.testing.assert_allclose(
+            pooled.predict(inputs, verbose=0), reduce(feature_map, axis=(1, 2)), atol=1e-5
+        )
+
+
+def test_official_structure_and_no_lambda():
+    model = parnet_s(input_shape=(224, 224, 3))
+    names = [layer.name for layer in model.layers]
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+    stream_blocks = {name.split("_")[0] + "_" + name.split("_")[1] for name in names if "_block" in name}
+    assert sorted(stream_blocks) == sorted(
+        [f"stream1_block{i}" for i in range(1, 5)]
+        + [f"stream2_block{i}" for i in range(1, 6)]
+        + [f"stream3_block{i}" for i in range(1, 6)]
+    )
+    # Stem widths: 3 -> min(64, w0) -> w0 -> w1 -> w2; fusions use 2 groups.
+    assert model.get_layer("downsample1_dense_conv").filters == 64
+    assert model.get_layer("downsample4_dense_conv").filters == 384
+    assert model.get_layer("fusion1_dense_conv").groups == 2
+    assert model.get_layer("fusion2_dense_conv").strides == (1, 1)
+    assert model.get_layer("fusion1_dense_conv").strides == (2, 2)
+    bn = model.get_layer("stream1_block1_dense_bn")
+    assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
+    conv_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert not any(layer.use_bias for layer in conv_layers)
+
+
+def test_input_tensor_is_used():
+    image = keras.Input((64, 64, 3), name="image")
+    model = ParNet(TINY_WIDTHS, input_tensor=image, classes=4)
+    assert model.inputs[0] is image
+    assert model.output_shape == (None, 4)
+
+
+def test_classifier_activation_none_gives_logits():
+    model = ParNet(TINY_WIDTHS, classes=5, classifier_activation=None, input_shape=(32, 32, 3))
+    logits = model.predict(np.random.rand(4, 32, 32, 3), verbose=0)
+    assert not np.allclose(logits.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"classes": 0}, "`classes` must be an integer of at least 1"),
+        ({"input_shape": (16, 64, 3)}, "below the 32 px minimum"),
+        ({"input_shape": (64, 64, 1)}, "must have 3 (RGB) channels"),
+        ({"input_shape": (3, 64, 64)}, "must have 3 (RGB) channels"),
+        ({"input_shape": (64, 64)}, "must be (height, width, channels)"),
+        ({"include_top": False, "pooling": "mean"}, "`pooling` must be None, 'avg' or 'max'"),
+        ({"weights": "imagenet"}, "No ImageNet weights"),
+        ({"dropout": 1.0}, "`dropout` must be in [0, 1)"),
+    ],
+)
+def test_impossible_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        parnet_s(**kwargs)
+    assert message in str(error.value)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        ParNet(TINY_WIDTHS, weights=str(tmp_path / "nope.weights.h5"))

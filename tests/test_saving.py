@@ -1,0 +1,79 @@
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_WIDTHS, randomize_batch_norm
+from keras.src.legacy.saving import legacy_h5_format
+
+from keras_parnet import ParNet
+
+
+def fresh_tiny(**kwargs):
+    return ParNet(TINY_WIDTHS, classes=3, name="tiny", **kwargs)
+
+
+@pytest.fixture
+def inputs():
+    return np.random.default_rng(0).random((2, 64, 96, 3)).astype("float32")
+
+
+def test_keras_format_reloads_without_custom_objects(tiny_model, inputs, tmp_path):
+    assert tiny_model.get_layer("fusion1_shuffle").__class__.__name__ == "ChannelShuffle"
+    path = tmp_path / "model.keras"
+    tiny_model.save(path)
+    reloaded = keras.saving.load_model(path)
+    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    assert diff.max() < 1e-6
+
+
+def test_weights_h5_roundtrip_through_builder(tiny_model, inputs, tmp_path):
+    path = tmp_path / "tiny.weights.h5"
+    tiny_model.save_weights(path)
+    reloaded = fresh_tiny(weights=str(path))
+    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    assert diff.max() < 1e-6
+
+
+def test_legacy_h5_weights_roundtrip(tiny_model, inputs, tmp_path):
+    path = tmp_path / "legacy.h5"
+    with h5py.File(path, "w") as f:  # the Keras 2 `save_weights("x.h5")` layout
+        legacy_h5_format.save_weights_to_hdf5_group(f, tiny_model)
+    reloaded = fresh_tiny(weights=str(path))
+    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    assert diff.max() < 1e-6
+
+
+def test_legacy_full_model_h5_roundtrip(tiny_model, inputs, tmp_path):
+    path = tmp_path / "legacy_model.h5"
+    tiny_model.save(path)
+    reloaded = keras.saving.load_model(path)
+    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    assert diff.max() < 1e-6
+
+
+def test_class_count_mismatch_is_a_clear_error(tiny_model, tmp_path):
+    path = tmp_path / "tiny.weights.h5"
+    tiny_model.save_weights(path)
+    with pytest.raises(ValueError, match=r"does not fit model 'tiny' \(output shape \(None, 5\)\)"):
+        ParNet(TINY_WIDTHS, classes=5, name="tiny", weights=str(path))
+
+
+def test_wrong_kind_of_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="unsupported weights file"):
+        fresh_tiny(weights=str(path))
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"not an hdf5 file")
+    with pytest.raises(ValueError, match="does not fit model 'tiny'"):
+        fresh_tiny(weights=str(corrupt))
+
+
+def test_every_weight_and_statistic_survives_reload(tmp_path):
+    model = randomize_batch_norm(fresh_tiny(dropout=0.2), seed=7)
+    path = tmp_path / "trained.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    for layer in model.layers:
+        for before, after in zip(layer.get_weights(), reloaded.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(before, after)

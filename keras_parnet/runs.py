@@ -1,0 +1,192 @@
+"""The run folder shared by train, predict, evaluate and export.
+
+    logs/<run-name>/
+      run.json            builder and its arguments, image size, class names in
+                          label order, preprocessing, versions, command line
+      best.weights.h5     best epoch (lowest val_loss)
+      ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.weights.h5
+      history.csv, tensorboard/, backup/ (resume state while a run is unfinished)
+
+Everything that reads a run rebuilds the model from `run.json` and loads
+weights; nothing re-derives class names or sizes from folders.
+"""
+
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+RUN_FILE = "run.json"
+BEST_WEIGHTS = "best.weights.h5"
+# Pixels scaled to [0, 1], what train.py feeds the network.
+DEFAULT_PREPROCESSING = {"rescale": 1 / 255}
+REQUIRED_KEYS = ("model", "model_kwargs", "image_size", "class_names")
+
+
+class RunError(ValueError):
+    """A run folder that is missing, incomplete or does not fit its weights."""
+
+
+def image_size_pair(image_size):
+    """`224` or `(224, 160)` -> `[height, width]`."""
+    if isinstance(image_size, int):
+        return [image_size, image_size]
+    height, width = image_size
+    return [int(height), int(width)]
+
+
+def new_run_dir(logs_dir, model_name):
+    """Creates and returns `logs_dir/<timestamp>-<model_name>` (unique)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(logs_dir) / f"{stamp}-{model_name}"
+    run_dir, suffix = base, 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(f"{base}-{suffix}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _versions():
+    import keras
+    import tensorflow as tf
+
+    from keras_parnet import __version__
+
+    return {"keras_parnet": __version__, "keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+def write_run(run_dir, model_name, model_kwargs, image_size, class_names,
+              preprocessing=None, command=None, **extra):
+    """Writes `run_dir/run.json` atomically and returns its content.
+
+    Args:
+        run_dir: the run folder (created if needed).
+        model_name: a builder name (`"parnet_s"`, ...) or `"ParNet"` with
+            `model_kwargs["widths"]`.
+        model_kwargs: builder arguments other than `input_shape` and `classes`.
+        image_size: int or `(height, width)` the model was trained at.
+        class_names: names in label order.
+        preprocessing: how pixels were prepared (default: scaled to [0, 1]).
+        command: the command line (default: this process's).
+        **extra: further JSON-serialisable entries (e.g. training settings).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model": model_name,
+        "model_kwargs": dict(model_kwargs),
+        "image_size": image_size_pair(image_size),
+        "class_names": list(class_names),
+        "preprocessing": dict(preprocessing or DEFAULT_PREPROCESSING),
+        **extra,
+        "versions": _versions(),
+        "command": command if command is not None else " ".join(sys.argv),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    temporary = run_dir / f".{RUN_FILE}.tmp"
+    temporary.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(temporary, run_dir / RUN_FILE)
+    return config
+
+
+def read_run(run_dir):
+    """Reads and checks `run_dir/run.json`."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{path} not found: pass a run folder written by train.py.")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is not valid JSON ({error}).") from None
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}: it was not written by train.py.")
+    if not config["class_names"]:
+        raise RunError(f"{path} lists no class names.")
+    config.setdefault("preprocessing", dict(DEFAULT_PREPROCESSING))
+    return config
+
+
+def find_latest_run(logs_dir="logs"):
+    """The most recently written run folder below `logs_dir`."""
+    runs = sorted(Path(logs_dir).glob(f"*/{RUN_FILE}"), key=lambda path: path.stat().st_mtime)
+    if not runs:
+        raise RunError(
+            f"no run found in {logs_dir}/: train one with `python train.py` or pass --weights."
+        )
+    return runs[-1].parent
+
+
+def resolve_run(path=None, logs_dir="logs"):
+    """`(run_dir, weights_path)` for a run folder, a weights file beside a
+    `run.json`, or (`path=None`) the newest run in `logs_dir`."""
+    if path is None:
+        run_dir = find_latest_run(logs_dir)
+    else:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise RunError(f"{path} does not exist: pass a run folder or a weights file.")
+        run_dir = path if path.is_dir() else path.parent
+        if path.is_file():
+            return run_dir, path
+    weights = run_dir / BEST_WEIGHTS
+    if not weights.is_file():
+        raise RunError(
+            f"{weights} not found: the run has not finished an epoch; pass --weights FILE."
+        )
+    return run_dir, weights
+
+
+def build_model(config, **overrides):
+    """Rebuilds the (random-weight) model a run config describes."""
+    from keras_parnet.models import BUILDERS, ParNet
+
+    builders = {builder.__name__: builder for builder in BUILDERS.values()}
+    builders["ParNet"] = ParNet
+    if config["model"] not in builders:
+        raise RunError(
+            f"unknown model '{config['model']}' in run config: expected one of {sorted(builders)}."
+        )
+    kwargs = {
+        **config["model_kwargs"],
+        "input_shape": (*config["image_size"], 3),
+        "classes": len(config["class_names"]),
+        **overrides,
+    }
+    return builders[config["model"]](**kwargs)
+
+
+def load_run(path=None, weights=None, logs_dir="logs"):
+    """Rebuilds a trained model from its run folder.
+
+    Args:
+        path: run folder, weights file beside a `run.json`, or `None` for the
+            newest run in `logs_dir`.
+        weights: a weights file to use instead of the run's `best.weights.h5`
+            (`.weights.h5`, legacy `.h5` or `.keras`).
+        logs_dir: where to look for runs when `path` is `None`.
+
+    Returns:
+        `(model, config)`: the model with weights loaded, and the run config.
+
+    Raises:
+        RunError: missing or inconsistent run folder or weights, including a
+            class count that differs between weights and `run.json`.
+    """
+    from keras_parnet.models import load_weights_file
+
+    run_dir, run_weights = resolve_run(path, logs_dir)
+    config = read_run(run_dir)
+    config["run_dir"] = str(run_dir)
+    weights = Path(weights).expanduser() if weights is not None else run_weights
+    model = build_model(config)
+    try:
+        load_weights_file(model, weights)
+    except (FileNotFoundError, ValueError) as error:
+        raise RunError(
+            f"{error} (run.json lists {len(config['class_names'])} classes)"
+        ) from None
+    config["weights"] = str(weights)
+    return model, config

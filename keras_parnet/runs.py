@@ -131,12 +131,7 @@ def resolve_run(path=None, logs_dir="logs"):
         run_dir = path if path.is_dir() else path.parent
         if path.is_file():
             return run_dir, path
-    weights = run_dir / BEST_WEIGHTS
-    if not weights.is_file():
-        raise RunError(
-            f"{weights} not found: the run has not finished an epoch; pass --weights FILE."
-        )
-    return run_dir, weights
+    return run_dir, run_dir / BEST_WEIGHTS
 
 
 def build_model(config, **overrides):
@@ -181,6 +176,10 @@ def load_run(path=None, weights=None, logs_dir="logs"):
     config = read_run(run_dir)
     config["run_dir"] = str(run_dir)
     weights = Path(weights).expanduser() if weights is not None else run_weights
+    if weights.name == BEST_WEIGHTS and not weights.is_file():
+        raise RunError(
+            f"{weights} not found: the run has not finished an epoch; pass --weights FILE."
+        )
     model = build_model(config)
     try:
         load_weights_file(model, weights)

@@ -1,0 +1,202 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_parnet import evaluate
+
+CLASS_NAMES = ["cat", "dog", "fox"]
+# Nine images; class "fox" is never predicted. Rows are distinct so top-2 is defined.
+LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+PROBABILITIES = np.array([
+    [0.70, 0.20, 0.10],  # cat -> cat
+    [0.30, 0.60, 0.10],  # cat -> dog, cat 2nd
+    [0.50, 0.10, 0.40],  # cat -> cat
+    [0.20, 0.70, 0.10],  # dog -> dog
+    [0.15, 0.80, 0.05],  # dog -> dog
+    [0.30, 0.60, 0.10],  # fox -> dog, fox 3rd
+    [0.50, 0.20, 0.30],  # fox -> cat, fox 2nd
+    [0.25, 0.45, 0.30],  # fox -> dog, fox 2nd
+    [0.60, 0.30, 0.10],  # fox -> cat, fox 3rd
+])
+# Worked out by hand from the table above.
+EXPECTED_MATRIX = [[2, 1, 0], [0, 2, 0], [2, 2, 0]]
+EXPECTED_PRECISION = [2 / 4, 2 / 5, 0.0]
+EXPECTED_RECALL = [2 / 3, 2 / 2, 0 / 4]
+EXPECTED_F1 = [4 / 7, 4 / 7, 0.0]  # 2pr / (p + r)
+EXPECTED_SUPPORT = [3, 2, 4]
+
+
+def test_confusion_matrix_counts_pairs():
+    rng = np.random.default_rng(0)
+    labels, predictions = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    matrix = evaluate.confusion_matrix(labels, predictions, 4)
+    counted = [[int(np.sum((labels == t) & (predictions == p))) for p in range(4)] for t in range(4)]
+    np.testing.assert_array_equal(matrix, counted)
+    np.testing.assert_array_equal(
+        evaluate.confusion_matrix(LABELS, PROBABILITIES.argmax(1), 3), EXPECTED_MATRIX)
+
+
+def test_report_matches_hand_computation_and_warns_for_class_never_predicted():
+    with pytest.warns(evaluate.MetricWarning, match="never predicted: fox"):
+        report = evaluate.classification_report(LABELS, PROBABILITIES, CLASS_NAMES, top_k=2)
+    classes = report["classes"]
+    assert [entry["name"] for entry in classes] == CLASS_NAMES
+    np.testing.assert_allclose([entry["precision"] for entry in classes], EXPECTED_PRECISION)
+    np.testing.assert_allclose([entry["recall"] for entry in classes], EXPECTED_RECALL)
+    np.testing.assert_allclose([entry["f1"] for entry in classes], EXPECTED_F1)
+    assert [entry["support"] for entry in classes] == EXPECTED_SUPPORT
+    assert report["confusion_matrix"] == EXPECTED_MATRIX
+    assert report["accuracy"] == pytest.approx(4 / 9)
+    assert report["top_k_accuracy"] == pytest.approx(7 / 9)  # rows 5 and 8 miss
+    assert report["macro_avg"]["precision"] == pytest.approx(0.9 / 3)
+    assert report["macro_avg"]["recall"] == pytest.approx(5 / 9)
+    assert report["macro_avg"]["f1"] == pytest.approx(8 / 21)
+    assert report["weighted_avg"]["precision"] == pytest.approx((3 * 0.5 + 2 * 0.4) / 9)
+    assert report["weighted_avg"]["recall"] == pytest.approx(4 / 9)
+    assert report["weighted_avg"]["f1"] == pytest.approx((3 + 2) * 4 / 7 / 9)
+    true_probabilities = [0.7, 0.3, 0.5, 0.7, 0.8, 0.1, 0.3, 0.3, 0.1]
+    assert report["loss"] == pytest.approx(-np.mean(np.log(true_probabilities)))
+    assert report["warnings"] == ["precision set to 0 for classes never predicted: fox"]
+    json.dumps(report)  # serialisable as is
+
+
+def test_class_without_samples_gets_recall_zero_with_warning():
+    probabilities = np.eye(3)[[0, 1, 1, 1]]
+    with pytest.warns(evaluate.MetricWarning) as record:
+        report = evaluate.classification_report([0, 0, 1, 1], probabilities, CLASS_NAMES)
+    messages = [str(warning.message) for warning in record]
+    assert any("never predicted: fox" in message for message in messages)
+    assert any("without test images: fox" in message for message in messages)
+    fox = report["classes"][2]
+    assert (fox["precision"], fox["recall"], fox["f1"], fox["support"]) == (0.0, 0.0, 0.0, 0)
+    assert report["classes"][0]["recall"] == 0.5
+    assert report["top_k_accuracy"] is None  # top-5 of 3 classes is 1 by construction
+
+
+def test_no_warning_when_every_metric_is_defined():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = evaluate.classification_report([0, 1, 2], np.eye(3), CLASS_NAMES, top_k=1)
+    assert report["accuracy"] == report["top_k_accuracy"] == 1.0
+    assert report["warnings"] == []
+
+
+def test_report_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="do not fit 3 labels and 3 classes"):
+        evaluate.classification_report([0, 1, 2], np.ones((3, 2)) / 2, CLASS_NAMES)
+
+
+def test_format_report_lists_classes_averages_and_warnings():
+    with pytest.warns(evaluate.MetricWarning):
+        report = evaluate.classification_report(LABELS, PROBABILITIES, CLASS_NAMES, top_k=2)
+    text = evaluate.format_report(report)
+    lines = text.splitlines()
+    assert lines[0].split() == ["precision", "recall", "f1", "support"]
+    assert lines[1].split() == ["cat", "0.5000", "0.6667", "0.5714", "3"]
+    assert lines[5].split() == ["macro", "avg", "0.3000", "0.5556", "0.3810", "9"]
+    assert "0.4444  (9 images)" in text and "top-2 accuracy" in text
+    assert "warning: precision set to 0 for classes never predicted: fox" in text
+
+
+def test_worst_predictions_are_the_lowest_true_probabilities_among_errors():
+    # Misclassified rows: 1 (0.3), 5 (0.1), 6 (0.3), 7 (0.3), 8 (0.1).
+    np.testing.assert_array_equal(evaluate.worst_predictions(LABELS, PROBABILITIES, 3), [5, 8, 1])
+    assert len(evaluate.worst_predictions(LABELS, PROBABILITIES, 16)) == 5
+    assert len(evaluate.worst_predictions([0, 1, 2], np.eye(3), 16)) == 0
+
+
+def _tick_texts(labels):
+    return [label.get_text() for label in labels]
+
+
+def _assert_png(path):
+    assert path.stat().st_size > 1000
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_confusion_matrix_plot(tmp_path, normalize):
+    figure = evaluate.plot_confusion_matrix(EXPECTED_MATRIX, CLASS_NAMES, normalize=normalize)
+    axes = figure.axes[0]
+    assert axes.get_title() == ("Confusion matrix (row-normalised)" if normalize
+                                else "Confusion matrix (counts)")
+    assert axes.get_xlabel() == "Predicted label" and axes.get_ylabel() == "True label"
+    assert _tick_texts(axes.get_xticklabels()) == CLASS_NAMES
+    assert _tick_texts(axes.get_yticklabels()) == CLASS_NAMES
+    matrix = np.array(EXPECTED_MATRIX, dtype=float)
+    if normalize:
+        matrix /= matrix.sum(axis=1, keepdims=True)
+        expected_cells = [f"{value:.2f}" for value in matrix.ravel()]
+        assert figure.axes[1].get_ylabel() == "fraction of the true class"
+    else:
+        expected_cells = [str(int(value)) for value in matrix.ravel()]
+    assert [text.get_text() for text in axes.texts] == expected_cells
+    np.testing.assert_allclose(axes.images[0].get_array(), matrix)
+    figure.savefig(tmp_path / "matrix.png")
+    _assert_png(tmp_path / "matrix.png")
+
+
+def test_training_curves_from_the_callbacks_history(tmp_path):
+    import keras
+
+    from keras_parnet.callbacks import HISTORY_FILE, training_callbacks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.eye(2)[rng.integers(0, 2, 16)].astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"], run_eagerly=True)
+    callbacks = training_callbacks(tmp_path, learning_rate=0.01, lr_decay=0.5)
+    fitted = model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
+                       callbacks=callbacks).history
+
+    history = evaluate.read_history(tmp_path / HISTORY_FILE)
+    np.testing.assert_array_equal(history["epoch"], [1, 2, 3])
+    figure = evaluate.plot_history(history)
+    loss_axes, accuracy_axes, *rate_axes = figure.axes
+    assert (loss_axes.get_title(), accuracy_axes.get_title()) == ("Loss", "Accuracy")
+    assert loss_axes.get_xlabel() == accuracy_axes.get_xlabel() == "epoch"
+    assert (loss_axes.get_ylabel(), accuracy_axes.get_ylabel()) == ("loss", "accuracy")
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        train_line, val_line = axes.lines
+        np.testing.assert_allclose(train_line.get_ydata(), fitted[metric], rtol=1e-6)
+        np.testing.assert_allclose(val_line.get_ydata(), fitted[f"val_{metric}"], rtol=1e-6)
+        np.testing.assert_array_equal(train_line.get_xdata(), [1, 2, 3])
+        legend = [text.get_text() for text in axes.get_legend().get_texts()]
+        assert legend == ["training", "validation", "learning rate"]
+    assert len(rate_axes) == 2
+    for axes in rate_axes:
+        assert axes.get_ylabel() == "learning rate"
+        np.testing.assert_allclose(axes.lines[0].get_ydata(), [0.01, 0.005, 0.0025], rtol=1e-6)
+    figure.savefig(tmp_path / "curves.png")
+    _assert_png(tmp_path / "curves.png")
+
+
+def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
+                    "0,0.5,1.0,0.001,0.4,1.1\n1,0.6,0.9,0.001,0.5,1.0\n1,0.7,0.8,0.001,0.6,0.9\n")
+    history = evaluate.read_history(path)
+    np.testing.assert_array_equal(history["epoch"], [1, 2])
+    np.testing.assert_allclose(history["loss"], [1.0, 0.8])
+    np.testing.assert_allclose(history["val_accuracy"], [0.4, 0.6])
+
+
+def test_worst_predictions_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    indices = evaluate.worst_predictions(LABELS, PROBABILITIES, 16)
+    images = rng.uniform(0, 1, (len(indices), 32, 40, 3))
+    figure = evaluate.plot_worst_predictions(images, LABELS[indices], PROBABILITIES[indices], CLASS_NAMES)
+    assert figure.get_suptitle() == "Worst misclassified test images"
+    assert len(figure.axes) == 5
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles[0] == "true: fox (0.10)\npredicted: dog (0.60)"  # row 5
+    assert titles[1] == "true: fox (0.10)\npredicted: cat (0.60)"  # row 8
+    assert titles[2] == "true: cat (0.30)\npredicted: dog (0.60)"  # row 1
+    np.testing.assert_allclose(figure.axes[0].images[0].get_array(), images[0])
+    figure.savefig(tmp_path / "worst.png")
+    _assert_png(tmp_path / "worst.png")

@@ -460,10 +460,9 @@ def build_parser():
     return parser
 
 
-def _write_run(args, model, widths):
+def _write_run(args, model, widths, class_names):
     from keras_parnet import runs
 
-    class_names = read_class_names(args.class_names, args.classes)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save_weights(run_dir / runs.BEST_WEIGHTS)
@@ -493,8 +492,8 @@ def main(argv=None):
         parser.error("--class-names is recorded in a run folder: add --run-dir DIR")
     widths = tuple(args.widths or OFFICIAL_CONFIGS[args.model]["widths"])
     try:
-        if args.run_dir is not None:
-            read_class_names(args.class_names, args.classes)  # fail before converting
+        if args.run_dir is not None:  # read before the slow conversion
+            class_names = read_class_names(args.class_names, args.classes)
         model = convert_checkpoint(
             args.checkpoint, args.model, widths, args.activation, args.classes, args.ema
         )
@@ -503,7 +502,7 @@ def main(argv=None):
             model.save_weights(args.out)
             print(f"wrote {args.out}")
         if args.run_dir is not None:
-            _write_run(args, model, widths)
+            _write_run(args, model, widths, class_names)
             print(f"wrote run folder {args.run_dir}")
     except (ConversionError, OSError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)

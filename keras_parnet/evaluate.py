@@ -330,8 +330,9 @@ def plot_worst_predictions(images, labels, probabilities, class_names, columns=4
 # Evaluating a run --------------------------------------------------------------
 
 
-def resolve_dataset(config, dataset=None):
-    """The dataset folder: `dataset` if given, else the one run.json records.
+def resolve_dataset(config, run_dir, dataset=None):
+    """The dataset folder: `dataset` if given, else the one the run config
+    (`run_dir/run.json`) records.
 
     A relative recorded path is tried from the working folder, then from the
     folder holding `logs/` (where train.py ran with the default --logs-dir).
@@ -346,7 +347,7 @@ def resolve_dataset(config, dataset=None):
         raise EvaluateError("run.json records no dataset: pass --dataset DIR holding test/.")
     candidates = [Path(recorded)]
     if not candidates[0].is_absolute():
-        candidates.append(Path(config["run_dir"]).resolve().parents[1] / recorded)
+        candidates.append(Path(run_dir).resolve().parent.parent / recorded)
     for path in candidates:
         if path.is_dir():
             return path
@@ -354,21 +355,38 @@ def resolve_dataset(config, dataset=None):
 
 
 def predict_split(model, split_dir, config, batch_size=32):
-    """Predicts every image of a split, in scan order.
+    """Predicts every readable image of a split in scan order, prepared as
+    `predict.py` prepares images (run.json's `preprocessing`).
 
     Returns:
-        `(paths, labels, probabilities)`: list of `n` paths, int array `(n,)`
-        and float array `(n, num_classes)`.
+        `(probabilities, labels)`: float array `(n, num_classes)` and the int
+        labels `(n,)` the dataset gave with the images.
     """
     from keras_parnet import data
+    from keras_parnet.predict import predict_probabilities
 
-    class_names = config["class_names"]
-    paths, labels, _ = data.scan_split(split_dir, class_names)
-    dataset, _, count = data.make_dataset(split_dir, config["image_size"], batch_size, class_names)
-    if not count:
-        raise EvaluateError(f"{split_dir} holds no images to evaluate.")
-    probabilities = model.predict(dataset, verbose=0)
-    return list(paths), np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scan_split has named the unreadable files already
+        dataset, _, _ = data.make_dataset(split_dir, config["image_size"], batch_size,
+                                          config["class_names"])
+    probabilities, labels = [], []
+    for images, one_hot in dataset:
+        probabilities.append(predict_probabilities(model, images, config["preprocessing"]))
+        labels.append(np.argmax(one_hot, axis=1))
+    return np.concatenate(probabilities).astype(np.float64), np.concatenate(labels)
+
+
+def _damaged_image_error(paths, image_size):
+    """The error of the first image that passes the file check but does not
+    decode (`make_dataset` replaces such an image with another one)."""
+    from keras_parnet.data import ImageError, load_image
+
+    for path in paths:
+        try:
+            load_image(path, image_size)
+        except ImageError as error:
+            return error
+    return EvaluateError("the test images changed during the evaluation.")
 
 
 def _save(figure, path):
@@ -423,17 +441,25 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
         worst predictions (`worst`: path, true and predicted class and their
         probabilities) and the plot files (`plots`).
     """
-    from keras_parnet.runs import load_run
+    from keras_parnet.data import scan_split
+    from keras_parnet.runs import load_run, read_run, resolve_run
 
+    # The dataset is checked before the (slower) model is built.
+    run_dir, _ = resolve_run(path, logs_dir)
+    config = read_run(run_dir)
+    dataset_dir = resolve_dataset(config, run_dir, dataset)
+    split_dir = dataset_dir / "test"
+    class_names = config["class_names"]
+    paths, labels, _ = scan_split(split_dir, class_names)
     model, config = load_run(path, weights, logs_dir)
     if fuse:
         from keras_parnet.reparam import reparameterize
 
         model = reparameterize(model)
-    run_dir = Path(config["run_dir"])
-    dataset_dir = resolve_dataset(config, dataset)
-    class_names = config["class_names"]
-    paths, labels, probabilities = predict_split(model, dataset_dir / "test", config, batch_size)
+    probabilities, decoded_labels = predict_split(model, split_dir, config, batch_size)
+    if not np.array_equal(decoded_labels, labels):
+        error = _damaged_image_error(paths, config["image_size"])
+        raise EvaluateError(f"{error} Re-save or remove it: predictions no longer line up with files.")
     with warnings.catch_warnings():
         # The messages are kept in report["warnings"] and printed with it.
         warnings.simplefilter("ignore", MetricWarning)
@@ -504,11 +530,11 @@ def build_parser():
 
 
 def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_parnet.data import DatasetError, ImageError
     from keras_parnet.runs import RunError
 
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         report = evaluate_run(args.run, args.weights, args.dataset, args.top_k, args.batch_size,
                               args.worst, fuse=not args.no_fuse, logs_dir=args.logs_dir)

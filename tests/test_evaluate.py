@@ -200,3 +200,135 @@ def test_worst_predictions_grid(tmp_path):
     np.testing.assert_allclose(figure.axes[0].images[0].get_array(), images[0])
     figure.savefig(tmp_path / "worst.png")
     _assert_png(tmp_path / "worst.png")
+
+
+# A run folder evaluated end to end -----------------------------------------------
+
+
+def _write_split(split_dir, images_per_class, rng, size=(36, 40)):
+    """Random PNGs in split_dir/<class>/; returns (paths, labels) in scan order."""
+    paths, labels = [], []
+    for label, name in enumerate(CLASS_NAMES):
+        (split_dir / name).mkdir(parents=True)
+        for index in range(images_per_class):
+            path = split_dir / name / f"{index:02d}.png"
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+            paths.append(path)
+            labels.append(label)
+    return paths, np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run folder of a tiny ParNet at 32 px with its history, the test
+    split's paths and labels, and what `model.predict` gives for them."""
+    from conftest import TINY_WIDTHS, randomize_batch_norm
+
+    from keras_parnet import ParNet
+    from keras_parnet.data import load_image
+    from keras_parnet.runs import BEST_WEIGHTS, write_run
+
+    root = tmp_path_factory.mktemp("evaluate")
+    rng = np.random.default_rng(0)
+    test_paths, test_labels = _write_split(root / "data" / "test", 3, rng)
+    run_dir = root / "logs" / "tiny"
+    write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, 32, CLASS_NAMES,
+              training={"dataset": str(root / "data")})
+    model = randomize_batch_norm(ParNet(TINY_WIDTHS, input_shape=(32, 32, 3), classes=3), seed=1)
+    model.save_weights(run_dir / BEST_WEIGHTS)
+    (run_dir / "history.csv").write_text(
+        "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
+        "0,0.4,1.2,0.001,0.3,1.3\n1,0.5,1.0,0.00095,0.4,1.1\n")
+    images = np.stack([load_image(path, 32) for path in test_paths])
+    probabilities = model.predict(images, verbose=0)
+    return run_dir, test_paths, test_labels, probabilities
+
+
+def test_evaluate_run_end_to_end(trained_run, capsys):
+    run_dir, test_paths, test_labels, probabilities = trained_run
+    assert evaluate.main([str(run_dir), "--no-fuse", "--top-k", "2", "--batch-size", "3"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((run_dir / "report.json").read_text())
+
+    predictions = probabilities.argmax(axis=1)
+    assert report["samples"] == 9 and report["fused"] is False
+    assert report["accuracy"] == pytest.approx(np.mean(predictions == test_labels))
+    top_2 = np.argsort(-probabilities, axis=1)[:, :2]
+    assert report["top_k_accuracy"] == pytest.approx(np.mean((top_2 == test_labels[:, None]).any(1)))
+    assert report["confusion_matrix"] == [
+        [int(np.sum((test_labels == t) & (predictions == p))) for p in range(3)] for t in range(3)]
+    assert [entry["support"] for entry in report["classes"]] == [3, 3, 3]
+    assert report["dataset"] == str(run_dir.parents[1] / "data")
+
+    wrong = np.flatnonzero(predictions != test_labels)
+    assert len(report["worst"]) == len(wrong) > 0
+    first = wrong[np.argmin(probabilities[wrong, test_labels[wrong]])]
+    assert report["worst"][0]["path"] == str(test_paths[first])
+    assert report["worst"][0]["probability_true"] == pytest.approx(
+        probabilities[first, test_labels[first]], abs=1e-5)
+
+    assert set(report["plots"]) == {"confusion_matrix", "confusion_matrix_normalized", "curves",
+                                    "worst_predictions"}
+    for name in report["plots"].values():
+        _assert_png(run_dir / name)
+    assert (run_dir / "report.txt").read_text() in printed
+
+
+def test_evaluate_fused_model_agrees(trained_run):
+    run_dir, _, test_labels, probabilities = trained_run
+    report = evaluate.evaluate_run(run_dir, worst=0)
+    assert report["fused"] is True and "worst_predictions" not in report["plots"]
+    expected_loss = -np.mean(np.log(probabilities[np.arange(9), test_labels]))
+    assert report["loss"] == pytest.approx(expected_loss, abs=1e-4)
+    assert report["accuracy"] == pytest.approx(np.mean(probabilities.argmax(1) == test_labels))
+
+
+def test_image_that_fails_to_decode_is_named(trained_run, tmp_path, capsys):
+    import io
+
+    run_dir, *_ = trained_run
+    rng = np.random.default_rng(1)
+    _write_split(tmp_path / "test", 2, rng)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    contents = buffer.getvalue()
+    # Intact start and end marker, garbage inside: passes the file check only.
+    garbage = rng.integers(0, 256, len(contents) - 400, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "test" / "cat" / "damaged.jpg"
+    damaged.write_bytes(contents[:200] + garbage + contents[-200:])
+    assert evaluate.main([str(run_dir), "--dataset", str(tmp_path), "--no-fuse"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {damaged} is corrupt") and "Re-save or remove it" in error
+
+
+def test_dataset_path_relative_to_the_logs_parent(tmp_path, monkeypatch):
+    (tmp_path / "project" / "data" / "test").mkdir(parents=True)
+    run_dir = tmp_path / "project" / "logs" / "run"
+    config = {"training": {"dataset": "data"}}
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.resolve_dataset(config, run_dir) == tmp_path / "project" / "data"
+    with pytest.raises(evaluate.EvaluateError, match="run.json records no dataset: pass --dataset"):
+        evaluate.resolve_dataset({}, run_dir)
+    with pytest.raises(evaluate.EvaluateError, match="the run's dataset elsewhere is not found"):
+        evaluate.resolve_dataset({"training": {"dataset": "elsewhere"}}, run_dir)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{run}", "--dataset", "{missing}"], "is not a folder: pass --dataset DIR"),
+    (["{missing}"], "does not exist: pass a run folder"),
+    (["{run}", "--dataset", "{empty}"], "does not exist: expected a folder with one subfolder"),
+])
+def test_cli_errors_are_one_line(trained_run, tmp_path, capsys, arguments, message):
+    run_dir, *_ = trained_run
+    (tmp_path / "empty").mkdir()
+    names = {"run": run_dir, "missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    assert evaluate.main([argument.format(**names) for argument in arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_cli_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--top-k", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --top-k: must be at least 1, got 0" in capsys.readouterr().err

@@ -1,0 +1,6 @@
+"""Evaluate a trained run on its test split; `python evaluate.py --help`."""
+import sys
+
+from keras_parnet.evaluate import main
+
+sys.exit(main())

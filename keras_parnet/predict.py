@@ -1,0 +1,544 @@
+"""Classify images with a trained ParNet: `python predict.py --help`.
+
+    python predict.py                         # prompt `input img_path:`, show the
+                                              # image titled `class:probability`
+    python predict.py photos/ a.jpg "*.png"   # one line per image: path, class, probability
+    ls *.jpg | python predict.py --csv out.csv
+
+The model, its weights, image size, preprocessing and class names (in label
+order) come from a run folder written by `train.py` (the newest in `logs/` by
+default, see `keras_parnet.runs`); flags override them. Images go through
+`keras_parnet.data.load_image`, the evaluation path of the training pipeline.
+"""
+
+import argparse
+import csv
+import glob
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = "input img_path:"
+QUIT_WORDS = ("q", "quit", "exit")
+DEFAULT_TOP_K = 3
+# Without a run.json: train.py's default image size.
+DEFAULT_IMAGE_SIZE = 256
+# Where figures go when no window can open and --save-plots is not given.
+DEFAULT_PLOT_DIR = "predictions"
+BATCH_SIZE = 16
+# run.json `preprocessing` keys `normalize` applies; others (the official
+# ImageNet crop) would need load_image's support.
+SUPPORTED_PREPROCESSING = {"rescale", "mean", "std"}
+
+
+class PredictError(ValueError):
+    """A prediction setting that cannot work."""
+
+
+# Prediction --------------------------------------------------------------------
+
+
+def normalize(images, preprocessing=None):
+    """Images in [0, 1], `(..., H, W, 3)` -> model inputs, as `run.json`'s
+    `preprocessing` says: `rescale` (of 0-255 pixels, default 1/255), then
+    `(x - mean) / std` per channel when given (converted ImageNet weights)."""
+    preprocessing = preprocessing or {}
+    inputs = np.asarray(images, dtype="float32")
+    scale = 255 * preprocessing.get("rescale", 1 / 255)
+    if not np.isclose(scale, 1.0):
+        inputs = inputs * np.float32(scale)
+    if "mean" in preprocessing:
+        inputs = inputs - np.asarray(preprocessing["mean"], dtype="float32")
+    if "std" in preprocessing:
+        inputs = inputs / np.asarray(preprocessing["std"], dtype="float32")
+    return inputs
+
+
+def rank(probabilities, class_names, top_k=DEFAULT_TOP_K):
+    """`[(class_name, probability), ...]`, the `top_k` most likely first."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:top_k]
+    return [(class_names[index], float(probabilities[index])) for index in order]
+
+
+def predict_probabilities(model, images, preprocessing=None):
+    """`(N, H, W, 3)` images in [0, 1] -> `(N, classes)` model outputs."""
+    return np.asarray(model.predict_on_batch(normalize(images, preprocessing)))
+
+
+def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, preprocessing=None):
+    """Classifies one image file.
+
+    Args:
+        model: a classifier with a softmax top, inputs `(None, H, W, 3)`.
+        path: image file (any format and mode PIL reads).
+        class_names: names in label order.
+        image_size: `(height, width)` or int, as the model was trained.
+        top_k: how many classes to return.
+        preprocessing: `run.json`'s `preprocessing` (default: [0, 1] pixels).
+
+    Returns:
+        `[(class_name, probability), ...]`, the most likely first.
+
+    Raises:
+        ImageError: the file cannot be read as an image.
+    """
+    from keras_parnet.data import load_image
+
+    image = load_image(path, image_size)
+    probabilities = predict_probabilities(model, image[np.newaxis], preprocessing)[0]
+    return rank(probabilities, class_names, top_k)
+
+
+def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH_SIZE):
+    """Classifies many image files, `batch_size` at a time.
+
+    Yields:
+        `(path, image, probabilities, error)` in the order of `paths`: `image`
+        the `(H, W, 3)` input in [0, 1] and `probabilities` `(classes,)`, or
+        both `None` and `error` the one-line reason the file was skipped.
+    """
+    from keras_parnet.data import ImageError, load_image
+
+    paths = iter(paths)
+    while True:
+        chunk = list(itertools.islice(paths, batch_size))
+        if not chunk:
+            return
+        loaded = []
+        for path in chunk:
+            try:
+                loaded.append((path, load_image(path, image_size), None))
+            except ImageError as error:
+                loaded.append((path, None, str(error)))
+        images = [image for _, image, _ in loaded if image is not None]
+        outputs = iter(predict_probabilities(model, np.stack(images), preprocessing) if images else [])
+        for path, image, error in loaded:
+            yield path, image, (next(outputs) if image is not None else None), error
+
+
+# Plotting ----------------------------------------------------------------------
+
+
+def plot_title(ranked):
+    """`'class:probability'` of the top class, as the original script printed it."""
+    return "%s:%.3f" % ranked[0]
+
+
+def plot_prediction(image, ranked, figure=None):
+    """Draws `image` titled with the top class and its probability.
+
+    Args:
+        image: `(H, W, 3)` in [0, 1].
+        ranked: `rank(...)` output.
+        figure: a pyplot figure to draw into (to show it); by default a bare
+            `Figure` that holds no pyplot state and only saves.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    if figure is None:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(4, 4.4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(np.clip(image, 0, 1))
+    axes.axis("off")
+    axes.set_title(plot_title(ranked))
+    return figure
+
+
+def save_figure(figure, path):
+    """Writes the figure as PNG, its title also in the PNG's `Title` text."""
+    title = figure.axes[0].get_title()
+    figure.savefig(path, format="png", metadata={"Title": title})
+
+
+def display_available():
+    """Whether matplotlib can open a window here."""
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False
+    import matplotlib
+
+    return matplotlib.get_backend().lower() not in _non_interactive_backends()
+
+
+def _non_interactive_backends():
+    try:
+        from matplotlib.backends import BackendFilter, backend_registry
+    except ImportError:  # matplotlib < 3.9
+        from matplotlib.rcsetup import non_interactive_bk
+
+        return {name.lower() for name in non_interactive_bk}
+    return set(backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE))
+
+
+class PlotWriter:
+    """Saves one titled PNG per image in `folder`, names made unique."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.used = set()
+
+    def save(self, figure, image_path):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = Path(image_path).stem or "image"
+        name, suffix = f"{stem}.png", 1
+        while name in self.used:
+            suffix += 1
+            name = f"{stem}-{suffix}.png"
+        self.used.add(name)
+        path = self.folder / name
+        save_figure(figure, path)
+        return path
+
+
+# Loading -----------------------------------------------------------------------
+
+
+def read_class_names(path):
+    """Class names from a text file, one per line in label order."""
+    path = Path(path).expanduser()
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise PredictError(f"cannot read class names from {path}: {error}") from None
+    if not names:
+        raise PredictError(f"{path} lists no class names: write one name per line.")
+    return names
+
+
+def _run_config(args):
+    """`(config, weights)`: `run.json` of the run the flags point to (`{}` for
+    weights without one) and the weights file to load."""
+    from keras_parnet import runs
+
+    if args.weights is None:
+        run_dir, weights = runs.resolve_run(args.run, args.logs_dir)
+        return runs.read_run(run_dir), weights
+    weights = Path(args.weights).expanduser()
+    run_dir = Path(args.run).expanduser() if args.run else weights.parent
+    if args.run or (run_dir / runs.RUN_FILE).is_file():
+        return runs.read_run(run_dir), weights
+    return {}, weights
+
+
+def _apply_overrides(config, args):
+    """The run config with the architecture, size and class flags applied."""
+    from keras_parnet.models import BUILDERS
+
+    config = dict(config)
+    if args.widths:
+        config["model"], config["model_kwargs"] = "ParNet", {"widths": list(args.widths)}
+    elif args.model:
+        config["model"], config["model_kwargs"] = BUILDERS[args.model].__name__, {}
+    if args.small_input:
+        config["model_kwargs"] = {**config.get("model_kwargs", {}), "small_input": True}
+    if args.image_size:
+        config["image_size"] = [args.image_size, args.image_size]
+    if args.classes:
+        config["class_names"] = read_class_names(args.classes)
+    return config
+
+
+def _load_full_model(weights, config):
+    """A `.keras` file without `run.json`: the model is in the file."""
+    import keras
+
+    try:
+        model = keras.saving.load_model(weights)
+    except (ValueError, OSError) as error:
+        raise PredictError(f"cannot load the model in {weights}: {error}") from None
+    fixed_size = list(model.input_shape[1:3])
+    if None not in fixed_size:
+        if "image_size" in config and config["image_size"] != fixed_size:
+            raise PredictError(
+                f"{weights} takes {fixed_size[0]}x{fixed_size[1]} images: drop --image-size."
+            )
+        config["image_size"] = fixed_size
+    return model
+
+
+def load_predictor(args):
+    """`(model, config)` from the parsed flags: the model with weights loaded
+    (fused unless `--no-fuse`) and its settings (`class_names`, `image_size`,
+    `preprocessing`, `weights`).
+
+    Raises:
+        RunError, PredictError: a missing or inconsistent run, weights file or
+            class list, with what to pass instead.
+    """
+    from keras_parnet import runs
+    from keras_parnet.models import load_weights_file
+
+    config, weights = _run_config(args)
+    config = _apply_overrides(config, args)
+    full_model = not config.get("model") and weights.suffix == ".keras"
+    if not config.get("model") and not full_model:
+        raise PredictError(
+            f"{weights} has no {runs.RUN_FILE} beside it: pass the architecture "
+            "(--model or --widths, with --small-input if trained so), --image-size and --classes."
+        )
+    if "class_names" not in config:
+        raise PredictError(f"{weights} has no {runs.RUN_FILE} beside it: pass --classes FILE.")
+    if full_model:
+        model = _load_full_model(weights, config)
+    else:
+        config.setdefault("image_size", [DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])
+        model = runs.build_model(config)
+        try:
+            load_weights_file(model, weights)
+        except (FileNotFoundError, ValueError) as error:
+            raise runs.RunError(
+                f"{error} (the class list names {len(config['class_names'])} classes)"
+            ) from None
+    if model.output_shape[-1] != len(config["class_names"]):
+        raise PredictError(
+            f"the model in {weights} has {model.output_shape[-1]} outputs but the class list "
+            f"names {len(config['class_names'])} classes: pass the --classes file it was trained with."
+        )
+    config.setdefault("preprocessing", dict(runs.DEFAULT_PREPROCESSING))
+    unsupported = sorted(set(config["preprocessing"]) - SUPPORTED_PREPROCESSING)
+    if unsupported:
+        print(f"note: images are resized as in training (keras_parnet.data.load_image); "
+              f"run.json's {', '.join(unsupported)} is not applied.", file=sys.stderr)
+    config["weights"] = str(weights)
+    if not args.no_fuse:
+        model = fuse(model)
+    return model, config
+
+
+def fuse(model):
+    """The model with its branches folded for inference (`keras_parnet.reparam`);
+    a model with nothing left to fold (e.g. an exported fused `.keras`) as is."""
+    from keras_parnet.reparam import reparameterize
+
+    try:
+        return reparameterize(model)
+    except ValueError as error:
+        print(f"note: {error} Predicting with the model as loaded.", file=sys.stderr)
+        return model
+
+
+# Command line ------------------------------------------------------------------
+
+
+def expand_paths(arguments):
+    """Files, folders (images below them, sorted) and globs -> `(paths, errors)`."""
+    from keras_parnet.data import IMAGE_EXTENSIONS, _image_files
+
+    paths, errors = [], []
+    for argument in arguments:
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            found = _image_files(path)
+            if not found:
+                errors.append(f"{path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+            paths.extend(found)
+        elif not path.exists() and glob.has_magic(argument):
+            found = sorted(glob.glob(os.path.expanduser(argument), recursive=True))
+            if not found:
+                errors.append(f"no file matches {argument}.")
+            paths.extend(found)
+        else:
+            paths.append(str(path))
+    return paths, errors
+
+
+def clean_path(line):
+    """A typed or pasted path: whitespace and surrounding quotes stripped, `~` expanded."""
+    text = line.strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].strip()
+    return os.path.expanduser(text)
+
+
+class Reporter:
+    """Prints (and writes to CSV / PNG) each prediction."""
+
+    def __init__(self, class_names, top_k, csv_path=None, plot_dir=None, show=False, verbose=False):
+        self.class_names = class_names
+        self.top_k = top_k
+        self.plots = PlotWriter(plot_dir) if plot_dir else None
+        self.show = show
+        self.verbose = verbose
+        self.csv_file = self.csv_writer = None
+        if csv_path:
+            self.csv_file = open(csv_path, "w", newline="")
+            self.csv_writer = csv.writer(self.csv_file)
+            self.csv_writer.writerow(["path", "class", "probability", *class_names])
+        self.failures = 0
+
+    def error(self, message):
+        self.failures += 1
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+    def report(self, path, image, probabilities):
+        ranked = rank(probabilities, self.class_names, self.top_k)
+        if self.verbose:
+            width = max(len(name) for name, _ in ranked)
+            for name, probability in ranked:
+                print(f"  {name:<{width}}  {probability:.3f}")
+        else:
+            print(f"{path}\t{ranked[0][0]}\t{ranked[0][1]:.3f}", flush=True)
+        if self.csv_writer:
+            self.csv_writer.writerow(
+                [path, ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{p:.6f}" for p in probabilities)]
+            )
+            self.csv_file.flush()
+        if self.show:
+            self._show(image, ranked)
+        elif self.plots:
+            saved = self.plots.save(plot_prediction(image, ranked), path)
+            if self.verbose:
+                print(f"  saved {saved}")
+
+    def _show(self, image, ranked):
+        import matplotlib.pyplot as plt
+
+        figure = plot_prediction(image, ranked, plt.figure(figsize=(4, 4.4), layout="constrained"))
+        plt.show()
+        plt.close(figure)
+
+    def close(self):
+        if self.csv_file:
+            self.csv_file.close()
+
+
+def predict_arguments(model, config, arguments, reporter):
+    """Batch mode: every image the arguments name; exit code 2 if any failed."""
+    paths, errors = expand_paths(arguments)
+    for message in errors:
+        reporter.error(message)
+    results = predict_paths(model, paths, config["image_size"], config["preprocessing"])
+    for path, image, probabilities, error in results:
+        if error:
+            reporter.error(error)
+        else:
+            reporter.report(path, image, probabilities)
+    return 2 if reporter.failures else 0
+
+
+def predict_lines(model, config, stdin, reporter, interactive):
+    """The prompt loop (or, when piped, one path per line); always exits 0.
+
+    Interactive: an empty line, `q`, end of input or Ctrl-C ends it. Piped:
+    blank lines are skipped and the input's end ends it.
+    """
+    from keras_parnet.data import ImageError, load_image
+
+    try:
+        while True:
+            if interactive:
+                print(PROMPT, end="", flush=True)
+            line = stdin.readline()
+            if not line:
+                if interactive:
+                    print()
+                break
+            path = clean_path(line)
+            if interactive and (not path or path.lower() in QUIT_WORDS):
+                break
+            if not path:
+                continue
+            try:
+                image = load_image(path, config["image_size"])
+            except ImageError as error:
+                reporter.error(error)
+                continue
+            probabilities = predict_probabilities(model, image[np.newaxis], config["preprocessing"])[0]
+            reporter.report(path, image, probabilities)
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="predict.py",
+        description="Classify images with a trained ParNet. Without PATHS and with a terminal, "
+        f"prompts '{PROMPT}' and shows each image titled class:probability (empty line, q, "
+        "Ctrl-D or Ctrl-C to quit); with PATHS, or paths piped one per line, prints one "
+        "tab-separated line per image: path, class, probability.",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="image files, folders (every image below them) or globs")
+    run = parser.add_argument_group("model (default: the newest run in --logs-dir)")
+    run.add_argument("--run", metavar="RUN_DIR", help="run folder written by train.py")
+    run.add_argument("--weights", metavar="FILE",
+                     help="weights to load instead of the run's best.weights.h5: .weights.h5, "
+                     "legacy .h5 or a full .keras model; a run.json beside it is used")
+    run.add_argument("--logs-dir", default="logs", help="where to look for runs (default logs)")
+    run.add_argument("--classes", metavar="FILE",
+                     help="class names, one per line in label order (default: the run's)")
+    run.add_argument("--model", choices=("s", "m", "l", "xl"), help="ParNet size (default: the run's)")
+    run.add_argument("--widths", type=int, nargs=4, metavar=("W0", "W1", "W2", "W3"),
+                     help="custom stream widths instead of a size's (default: the run's)")
+    run.add_argument("--small-input", action="store_true",
+                     help="CIFAR-style stem without stride (with --model/--widths)")
+    run.add_argument("--image-size", type=int, metavar="PX",
+                     help=f"square input size (default: the run's, else {DEFAULT_IMAGE_SIZE})")
+    run.add_argument("--no-fuse", action="store_true",
+                     help="predict with the trained (unfused) model instead of its folded "
+                     "inference form; the outputs agree within 1e-4")
+    out = parser.add_argument_group("output")
+    out.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                     help=f"classes printed per image at the prompt (default {DEFAULT_TOP_K})")
+    out.add_argument("--csv", metavar="FILE",
+                     help="also write path, class, probability and every class's probability")
+    out.add_argument("--save-plots", metavar="DIR",
+                     help="write each titled figure as DIR/<image name>.png instead of showing it")
+    out.add_argument("--no-show", action="store_true",
+                     help=f"never open a window (the default without a display); at the prompt, "
+                     f"figures are saved to --save-plots or {DEFAULT_PLOT_DIR}/")
+    return parser
+
+
+def predict(args, stdin):
+    """Runs the mode the arguments and stdin call for; returns the exit code."""
+    if args.top_k < 1:
+        raise PredictError(f"--top-k must be at least 1, got {args.top_k}.")
+    model, config = load_predictor(args)
+    interactive = not args.paths and stdin.isatty()
+    show = interactive and not args.no_show and not args.save_plots and display_available()
+    plot_dir = args.save_plots
+    if interactive and not show and not plot_dir:
+        plot_dir = DEFAULT_PLOT_DIR
+        reason = "--no-show" if args.no_show else "no display"
+        print(f"{reason}: figures are saved to {plot_dir}/.", file=sys.stderr)
+    if interactive:
+        height, width = config["image_size"]
+        print(f"{config['weights']}: {config.get('model', model.name)} at {height}x{width}, "
+              f"classes {', '.join(config['class_names'])}")
+    reporter = Reporter(config["class_names"], args.top_k, args.csv, plot_dir, show,
+                        verbose=interactive)
+    try:
+        if args.paths:
+            return predict_arguments(model, config, args.paths, reporter)
+        return predict_lines(model, config, stdin, reporter, interactive)
+    finally:
+        reporter.close()
+
+
+def main(argv=None):
+    from keras_parnet.data import ImageError
+    from keras_parnet.runs import RunError
+
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return predict(args, sys.stdin)
+    except (RunError, PredictError, ImageError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+import csv
+import io
+import shutil
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_WIDTHS, randomize_batch_norm
+from keras.src.legacy.saving import legacy_h5_format
+from PIL import Image
+
+from keras_parnet import predict, runs
+
+SIZE = 32
+# Label order on purpose not sorted: label 0 is the dark class.
+CLASSES = ["zebra_dark", "ant_light"]
+DARK, LIGHT = 10, 245
+# The known answer: the winning class gets 4/5 (logit margin log 4).
+WIN = 0.8
+
+
+def softmax(logits):
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def uniform(level):
+    """What load_image makes of a uniform image, whatever the resize method."""
+    return np.full((1, SIZE, SIZE, 3), level / 255, dtype="float32")
+
+
+def set_known_answer(model):
+    """Sets the classifier so that uniform dark images get `zebra_dark` and light
+    ones `ant_light`, each with probability WIN: the logit difference is
+    `log(4) * d.(f - m) / |d|^2 * 2` for pooled features f, d = f_dark - f_light
+    and m their midpoint, i.e. +-log(4) at the two images."""
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    f_dark, f_light = (features.predict(uniform(level), verbose=0)[0].astype("float64")
+                       for level in (DARK, LIGHT))
+    d = f_dark - f_light
+    c = np.log(WIN / (1 - WIN)) / (d @ d)
+    kernel = np.stack([c * d, -c * d], axis=1)
+    bias = np.array([-c * d @ (f_dark + f_light) / 2, c * d @ (f_dark + f_light) / 2])
+    model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
+    return model, features
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    """A run folder (logs/run) whose best weights answer as `set_known_answer`
+    says, plus image files of every kind."""
+    root = tmp_path_factory.mktemp("predict")
+    run_dir = root / "logs" / "run"
+    config = runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, SIZE, CLASSES)
+    model, features = set_known_answer(randomize_batch_norm(runs.build_model(config)))
+    model.save_weights(run_dir / runs.BEST_WEIGHTS)
+
+    images = root / "images"
+    (images / "folder").mkdir(parents=True)
+    Image.new("RGB", (48, 40), (DARK,) * 3).save(images / "dark.png")
+    Image.new("RGB", (40, 48), (LIGHT,) * 3).save(images / "light.jpg", quality=100)
+    Image.new("L", (40, 40), DARK).save(images / "gray.png")
+    Image.new("RGBA", (40, 40), (LIGHT, LIGHT, LIGHT, 255)).save(images / "rgba.png")
+    Image.new("CMYK", (40, 40), (0, 0, 0, 255 - DARK)).save(images / "cmyk.jpg", quality=100)
+    Image.new("RGB", (40, 40), (LIGHT,) * 3).save(images / "folder" / "inside.png")
+    whole = (images / "light.jpg").read_bytes()
+    (images / "corrupt.jpg").write_bytes(whole[: len(whole) // 2])
+    (images / "notes.jpg").write_text("not an image\n")
+    return {"root": root, "run_dir": run_dir, "images": images, "model": model, "features": features}
+
+
+@pytest.fixture
+def loaded(known, monkeypatch):
+    """main() with the known run loaded once (as `--run` loads it), for the
+    tests of what happens after loading."""
+    if "predictor" not in known:
+        args = predict.build_parser().parse_args(["--run", str(known["run_dir"])])
+        known["predictor"] = predict.load_predictor(args)
+    monkeypatch.setattr(predict, "load_predictor", lambda args: known["predictor"])
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def run_main(monkeypatch, capsys, argv, stdin=""):
+    monkeypatch.setattr("sys.stdin", stdin if isinstance(stdin, io.StringIO) else io.StringIO(stdin))
+    code = predict.main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err.splitlines()
+
+
+def csv_probabilities(path):
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["path", "class", "probability", *CLASSES]
+    return {row[0]: np.array(row[3:], dtype="float64") for row in rows[1:]}
+
+
+def test_predict_image_matches_known_answer_and_title(known):
+    model = known["model"]
+    for name, level, expected in (("dark.png", DARK, CLASSES[0]), ("light.jpg", LIGHT, CLASSES[1])):
+        ranked = predict.predict_image(model, known["images"] / name, CLASSES, SIZE, top_k=2)
+        # Independent: numpy softmax over the pooled features and the Dense weights.
+        kernel, bias = model.get_layer("predictions").get_weights()
+        reference = softmax(known["features"].predict(uniform(level), verbose=0) @ kernel + bias)[0]
+        assert [n for n, _ in ranked] == [expected, *(n for n in CLASSES if n != expected)]
+        np.testing.assert_allclose([p for _, p in ranked], sorted(reference, reverse=True), atol=1e-5)
+        assert ranked[0][1] == pytest.approx(WIN, abs=1e-4)
+        figure = predict.plot_prediction(np.asarray(Image.open(known["images"] / name)) / 255, ranked)
+        assert figure.axes[0].get_title() == f"{expected}:0.800"
+
+
+def test_scripted_stdin_keeps_going_after_bad_input(known, loaded, monkeypatch, capsys):
+    images = known["images"]
+    lines = [images / "dark.png", images / "missing.png", images / "corrupt.jpg",
+             images / "folder", images / "notes.jpg", images / "light.jpg"]
+    code, out, err = run_main(monkeypatch, capsys, ["--run", known["run_dir"]],
+                              "".join(f"{line}\n" for line in lines))
+    assert code == 0
+    assert out == [f"{images / 'dark.png'}\tzebra_dark\t0.800",
+                   f"{images / 'light.jpg'}\tant_light\t0.800"]
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
+    for line, path in zip(err, lines[1:5]):
+        assert str(path) in line
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_interactive_prompt_shows_top_k_and_saves_titled_figure(known, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("HOME", str(known["images"]))
+    monkeypatch.chdir(tmp_path)
+    stdin = FakeTerminal(" '~/light.jpg' \n\"~/gray.png\"\n\nnever read\n")
+    code, out, err = run_main(monkeypatch, capsys, ["--run", known["run_dir"], "--top-k", "2"], stdin)
+    assert code == 0
+    assert out[1] == predict.PROMPT + "  ant_light   0.800"
+    assert out[2] == "  zebra_dark  0.200"
+    assert out[4] == predict.PROMPT + "  zebra_dark  0.800"
+    assert out[-1] == predict.PROMPT
+    assert not any("never read" in line for line in out + err)
+    # No display here: the figures went to predictions/ with the title inside.
+    assert err == ["no display: figures are saved to predictions/."]
+    for name, title in (("light.png", "ant_light:0.800"), ("gray.png", "zebra_dark:0.800")):
+        assert Image.open(tmp_path / "predictions" / name).text["Title"] == title
+
+
+@pytest.mark.parametrize("ending", ["q\n", "", KeyboardInterrupt])
+def test_interactive_loop_ends_cleanly(known, loaded, monkeypatch, capsys, tmp_path, ending):
+    if ending is KeyboardInterrupt:
+        class Interrupted(FakeTerminal):
+            def readline(self):
+                raise KeyboardInterrupt
+        stdin = Interrupted()
+    else:
+        stdin = FakeTerminal(ending)
+    code, out, err = run_main(
+        monkeypatch, capsys, ["--run", known["run_dir"], "--save-plots", tmp_path], stdin)
+    assert code == 0
+    assert out[-1].startswith(predict.PROMPT) and not err
+
+
+def test_batch_paths_folders_globs_and_csv(known, loaded, monkeypatch, capsys, tmp_path):
+    images = known["images"]
+    plots = tmp_path / "plots"
+    code, out, err = run_main(monkeypatch, capsys, [
+        images / "folder", images / "*.png", images / "cmyk.jpg", "--run", known["run_dir"],
+        "--csv", tmp_path / "out.csv", "--save-plots", plots])
+    assert code == 0 and not err
+    expected = {"folder/inside.png": "ant_light", "dark.png": "zebra_dark", "gray.png": "zebra_dark",
+                "rgba.png": "ant_light", "cmyk.jpg": "zebra_dark"}
+    got = {line.split("\t")[0]: line.split("\t")[1:] for line in out}
+    assert {path[len(str(images)) + 1:]: result[0] for path, result in got.items()} == expected
+    for path, probabilities in csv_probabilities(tmp_path / "out.csv").items():
+        assert probabilities.sum() == pytest.approx(1, abs=1e-5)
+        assert CLASSES[probabilities.argmax()] == got[path][0]
+        # Lossless uniform images give exactly the known answer; JPEG ones nearly.
+        assert probabilities.max() == pytest.approx(WIN, abs=2e-3)
+    assert sorted(p.name for p in plots.iterdir()) == ["cmyk.png", "dark.png", "gray.png",
+                                                       "inside.png", "rgba.png"]
+
+    code, out, err = run_main(monkeypatch, capsys, [
+        images / "dark.png", images / "missing.png", images / "nothing*.png", "--run", known["run_dir"]])
+    assert code == 2 and len(out) == 1
+    assert err == [f"error: no file matches {images / 'nothing*.png'}.", err[1]]
+    assert "missing.png" in err[1]
+
+
+def test_class_names_come_from_the_run_in_label_order(known, monkeypatch, capsys, tmp_path):
+    # Sorted (or listdir) order would call the dark image `ant_light`.
+    assert sorted(CLASSES) != CLASSES
+    (tmp_path / "dataset" / "ant_light").mkdir(parents=True)
+    (tmp_path / "dataset" / "zebra_dark").mkdir()
+    monkeypatch.chdir(tmp_path / "dataset")
+    dark = known["images"] / "dark.png"
+    code, out, _ = run_main(monkeypatch, capsys, [dark, "--run", known["run_dir"]])
+    assert code == 0 and out == [f"{dark}\tzebra_dark\t0.800"]
+    # --classes overrides the run's names, position by position.
+    (tmp_path / "classes.txt").write_text("first\nsecond\n")
+    code, out, _ = run_main(monkeypatch, capsys,
+                            [dark, "--run", known["run_dir"], "--classes", tmp_path / "classes.txt"])
+    assert code == 0 and out == [f"{dark}\tfirst\t0.800"]
+
+
+def test_every_weights_format_gives_identical_probabilities(known, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(known["run_dir"], run_dir)
+    model = known["model"]
+    with h5py.File(run_dir / "legacy.h5", "w") as file:  # Keras 2 `save_weights("x.h5")`
+        legacy_h5_format.save_weights_to_hdf5_group(file, model)
+    model.save(run_dir / "model.keras")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run_dir / "model.keras", bare)
+    shutil.copy(run_dir / runs.BEST_WEIGHTS, bare)
+    (bare / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    sources = {
+        "fused": ["--weights", run_dir / runs.BEST_WEIGHTS],
+        "weights.h5": ["--weights", run_dir / runs.BEST_WEIGHTS, "--no-fuse"],
+        "legacy.h5": ["--run", run_dir, "--weights", run_dir / "legacy.h5", "--no-fuse"],
+        "keras": ["--weights", run_dir / "model.keras", "--no-fuse"],
+        # No run.json: the .keras holds the model, the flags say the rest.
+        "bare keras": ["--weights", bare / "model.keras", "--classes", bare / "classes.txt", "--no-fuse"],
+        "bare weights.h5": ["--weights", bare / runs.BEST_WEIGHTS, "--classes", bare / "classes.txt",
+                            "--widths", *TINY_WIDTHS, "--image-size", SIZE, "--no-fuse"],
+    }
+    inputs = np.concatenate([uniform(DARK), uniform(LIGHT)])
+    results = {}
+    for name, flags in sources.items():
+        args = predict.build_parser().parse_args([str(flag) for flag in flags])
+        loaded, config = predict.load_predictor(args)
+        assert config["class_names"] == CLASSES and config["image_size"] == [SIZE, SIZE]
+        # Eager calls: tracing a predict function per model would dominate the test.
+        results[name] = keras.ops.convert_to_numpy(
+            loaded(predict.normalize(inputs, config["preprocessing"]), training=False))
+    for name in ("legacy.h5", "keras", "bare keras", "bare weights.h5"):
+        np.testing.assert_array_equal(results[name], results["weights.h5"], err_msg=name)
+    np.testing.assert_allclose(results["weights.h5"], model.predict(inputs, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(results["fused"], results["weights.h5"], atol=1e-4)
+
+
+# Keras warns about the classifier it cannot fill before it raises.
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
+def test_class_count_mismatch_is_one_clear_line(known, monkeypatch, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(known["run_dir"], run_dir)
+    runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, SIZE, [*CLASSES, "extra"])
+    code, out, err = run_main(monkeypatch, capsys, [known["images"] / "dark.png", "--run", run_dir])
+    assert code == 2 and not out and len(err) == 1
+    assert err[0].startswith("error: weights file") and "names 3 classes" in err[0]
+
+    known["model"].save(tmp_path / "model.keras")
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    code, out, err = run_main(monkeypatch, capsys, [
+        known["images"] / "dark.png", "--weights", tmp_path / "model.keras", "--classes", tmp_path / "three.txt"])
+    assert code == 2 and len(err) == 1
+    assert "has 2 outputs but the class list names 3 classes" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--logs-dir", "{tmp}/empty"], "no run found in"),
+        (["--weights", "{tmp}/lonely.weights.h5"], "has no run.json beside it: pass the architecture"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
+def test_setting_errors(monkeypatch, capsys, tmp_path, argv, message):
+    (tmp_path / "lonely.weights.h5").write_bytes(b"")
+    code, out, err = run_main(monkeypatch, capsys, [arg.format(tmp=tmp_path) for arg in argv])
+    assert code == 2 and not out and len(err) == 1 and message in err[0]
+
+
+def test_normalize_follows_run_preprocessing():
+    images = np.random.default_rng(0).random((2, 4, 4, 3)).astype("float32")
+    np.testing.assert_array_equal(predict.normalize(images, {"rescale": 1 / 255}), images)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(predict.normalize(images, {"mean": mean, "std": std}),
+                               (images - np.array(mean)) / np.array(std), atol=1e-6)
+    np.testing.assert_allclose(predict.normalize(images, {"rescale": 1 / 127.5}), images * 2, rtol=1e-6)
+
+
+def test_clean_path(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/user")
+    assert predict.clean_path("  '~/a b.jpg'\n") == "/home/user/a b.jpg"
+    assert predict.clean_path('"/x/y.png" ') == "/x/y.png"
+    assert predict.clean_path("\n") == ""

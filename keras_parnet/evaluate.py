@@ -169,7 +169,7 @@ def format_report(report):
     """The report as a plain-text table (what `evaluate.py` prints)."""
     rows = [(entry["name"], entry) for entry in report["classes"]]
     rows += [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
-    width = max(12, *(len(name) for name, _ in rows))
+    width = max(14, *(len(name) for name, _ in rows))
     header = f"{'':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>9}"
     lines = [header]
     for index, (name, entry) in enumerate(rows):
@@ -180,7 +180,8 @@ def format_report(report):
     lines.append("")
     lines.append(f"{'accuracy':<{width}}  {report['accuracy']:.4f}  ({report['samples']} images)")
     if report["top_k_accuracy"] is not None:
-        lines.append(f"{'top-' + str(report['top_k']) + ' accuracy':<{width}}  {report['top_k_accuracy']:.4f}")
+        name = f"top-{report['top_k']} accuracy"
+        lines.append(f"{name:<{width}}  {report['top_k_accuracy']:.4f}")
     lines.append(f"{'loss':<{width}}  {report['loss']:.4f}")
     lines += [f"warning: {message}" for message in report["warnings"]]
     return "\n".join(lines) + "\n"
@@ -199,9 +200,12 @@ def worst_predictions(labels, probabilities, count):
 # Plots -----------------------------------------------------------------------
 
 
-def _figure(width, height):
-    # A bare Figure draws with Agg and holds no pyplot state, so nothing leaks
-    # between plots or needs closing.
+def new_figure(width, height):
+    """A matplotlib `Figure` of `width` x `height` inches, laid out to fit.
+
+    A bare Figure draws with Agg and holds no pyplot state, so nothing leaks
+    between plots or needs closing, and no display is needed.
+    """
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -222,7 +226,7 @@ def plot_confusion_matrix(matrix, class_names, normalize=False):
     num_classes = len(class_names)
     values = _ratio(matrix, matrix.sum(axis=1, keepdims=True)) if normalize else matrix
     side = min(4 + 0.45 * num_classes, 30)
-    figure = _figure(side + 1.5, side)
+    figure = new_figure(side + 1.5, side)
     axes = figure.add_subplot()
     image = axes.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     figure.colorbar(image, ax=axes, shrink=0.8, label="fraction of the true class" if normalize else "images")
@@ -272,7 +276,7 @@ def plot_history(history):
     Returns:
         The matplotlib `Figure` (two axes: loss, accuracy).
     """
-    figure = _figure(11, 4.2)
+    figure = new_figure(11, 4.2)
     epochs = history["epoch"]
     for axes, metric, title in zip(figure.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
         for key, label, style in ((metric, "training", "-o"), (f"val_{metric}", "validation", "-s")):
@@ -311,7 +315,7 @@ def plot_worst_predictions(images, labels, probabilities, class_names, columns=4
     count = len(images)
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    figure = _figure(3 * columns, 3.3 * rows + 0.4)
+    figure = new_figure(3 * columns, 3.3 * rows + 0.4)
     figure.suptitle("Worst misclassified test images")
     predictions = np.asarray(probabilities).argmax(axis=1)
     for index, image in enumerate(images):

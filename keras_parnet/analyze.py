@@ -1,0 +1,333 @@
+"""Check an image dataset before training: `python -m keras_parnet.analyze DATASET`.
+
+    DATASET/train/<class>/*.jpg
+    DATASET/test/<class>/*.jpg
+
+Counts the images per class and split, reads every image's size from its file
+header (no decoding), and warns about class imbalance, duplicate files (the
+same bytes twice: across train and test they leak test images into training),
+tiny images and unreadable files (which training skips). Writes
+`class_counts.png`, `image_sizes.png` and `analysis.json` into the output
+folder.
+"""
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "test")
+# ParNet's minimum input size; smaller images are upsampled a lot.
+DEFAULT_MIN_SIZE = 32
+# Largest over smallest class count that still passes without a warning.
+DEFAULT_IMBALANCE = 3.0
+ANALYSIS_JSON = "analysis.json"
+COUNTS_PLOT = "class_counts.png"
+SIZES_PLOT = "image_sizes.png"
+# How many paths a warning lists before "...".
+LISTED = 5
+
+
+def _map_in_threads(function, items):
+    """`[function(item) for item in items]`, reading files in parallel."""
+    with concurrent.futures.ThreadPoolExecutor(min(16, (os.cpu_count() or 1) * 4)) as pool:
+        return list(pool.map(function, items))
+
+
+def _read_header(path):
+    """`{path, bytes, width, height, error}` of one image file: its size from
+    the header, or the reason training would skip it."""
+    from PIL import Image
+
+    from keras_parnet.data import ImageError, _inspect
+
+    record = {"path": path, "bytes": os.path.getsize(path), "width": None, "height": None, "error": None}
+    try:
+        _inspect(path)  # the check training applies: header and complete end of file
+        with Image.open(path) as image:
+            record["width"], record["height"] = image.size
+    except ImageError as error:
+        record["error"] = str(error)
+    return record
+
+
+def _digest(path):
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+def find_duplicates(records):
+    """Groups of files with identical content.
+
+    Only files sharing a byte size are hashed, so a dataset without
+    duplicates is read once (headers) rather than twice.
+
+    Args:
+        records: dicts with `path`, `bytes`, `split` and `class`.
+
+    Returns:
+        A list of `{paths, splits, classes}` (sorted lists), one per group of
+        two or more identical files.
+    """
+    by_size = defaultdict(list)
+    for record in records:
+        by_size[record["bytes"]].append(record)
+    candidates = [record for group in by_size.values() if len(group) > 1 for record in group]
+    by_digest = defaultdict(list)
+    for record, digest in zip(candidates, _map_in_threads(_digest, [r["path"] for r in candidates])):
+        by_digest[digest].append(record)
+    return sorted(
+        ({"paths": sorted(r["path"] for r in group),
+          "splits": sorted({r["split"] for r in group}),
+          "classes": sorted({r["class"] for r in group})}
+         for group in by_digest.values() if len(group) > 1),
+        key=lambda group: group["paths"],
+    )
+
+
+def _listing(items):
+    shown = ", ".join(items[:LISTED])
+    return shown + (f", ... ({len(items) - LISTED} more)" if len(items) > LISTED else "")
+
+
+def _imbalance_warnings(counts, imbalance):
+    messages = []
+    for split, per_class in counts.items():
+        empty = [name for name, count in per_class.items() if count == 0]
+        if empty:
+            messages.append(f"{split}: no readable images for {_listing(empty)}.")
+        nonzero = {name: count for name, count in per_class.items() if count}
+        if len(nonzero) < 2:
+            continue
+        largest, smallest = max(nonzero, key=nonzero.get), min(nonzero, key=nonzero.get)
+        ratio = nonzero[largest] / nonzero[smallest]
+        if ratio > imbalance:
+            messages.append(
+                f"{split}: class imbalance, {nonzero[largest]} images of '{largest}' but "
+                f"{nonzero[smallest]} of '{smallest}' ({ratio:.1f}x > {imbalance:g}x): accuracy "
+                "will favour the large classes; balance the classes or weight them.")
+    return messages
+
+
+def _duplicate_warnings(duplicates, dataset_dir):
+    def same(group):
+        return " = ".join(os.path.relpath(path, dataset_dir) for path in group["paths"])
+
+    leaks = [group for group in duplicates if len(group["splits"]) > 1]
+    messages = []
+    if leaks:
+        pairs = [same(group) for group in leaks]
+        messages.append(f"{len(leaks)} file(s) in both train and test (same content): test images "
+                        f"leak into training and inflate test accuracy; remove one copy of "
+                        f"{_listing(pairs)}")
+    for split in SPLITS:
+        within = [group for group in duplicates if group["splits"] == [split]]
+        if within:
+            conflicting = sum(len(group["classes"]) > 1 for group in within)
+            labels = f", {conflicting} of them under different classes" if conflicting else ""
+            pairs = [same(group) for group in within]
+            messages.append(f"{split}: {len(within)} group(s) of duplicate files{labels}: "
+                            f"{_listing(pairs)}")
+    return messages
+
+
+def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbalance=DEFAULT_IMBALANCE):
+    """Analyses the `train/` and `test/` splits of a dataset folder.
+
+    Args:
+        dataset_dir: folder holding `train/<class>/` and `test/<class>/`.
+        out_dir: where to write `analysis.json`, `class_counts.png` and
+            `image_sizes.png` (created if needed); `None` writes nothing.
+        min_size: images with a side below this many pixels are "tiny".
+        imbalance: warn when a split's largest class has more than this
+            many times the images of its smallest.
+
+    Returns:
+        A JSON-serialisable dict: `dataset`, `classes` (all class names),
+        `counts` (`{split: {class: readable images}}`), `sizes` (`{split:
+        {width|height: {min, median, max}}}`), `unreadable` (`[{path,
+        error}]`), `tiny` (`[{path, width, height}]`), `duplicates` (see
+        `find_duplicates`), `warnings` (messages) and `plots` (file names).
+
+    Raises:
+        DatasetError: a missing split or a split without class folders.
+    """
+    from keras_parnet import data
+
+    dataset_dir = Path(dataset_dir)
+    split_classes = {split: data.find_classes(dataset_dir / split) for split in SPLITS}
+    messages = []
+    try:
+        data.check_dataset(dataset_dir)
+    except data.DatasetError as error:  # the splits have different classes
+        messages.append(str(error))
+    files = [(split, name, path) for split, names in split_classes.items() for name in names
+             for path in data._image_files(dataset_dir / split / name)]
+    records = _map_in_threads(_read_header, [path for _, _, path in files])
+    for (split, name, _), record in zip(files, records):
+        record["split"], record["class"] = split, name
+    readable = [record for record in records if record["error"] is None]
+
+    classes = sorted(set().union(*split_classes.values()))
+    counts = {split: dict.fromkeys(names, 0) for split, names in split_classes.items()}
+    for record in readable:
+        counts[record["split"]][record["class"]] += 1
+    sizes = {split: np.array([(r["width"], r["height"]) for r in readable if r["split"] == split],
+                             dtype=float).reshape(-1, 2) for split in SPLITS}
+    unreadable = [{"path": r["path"], "error": r["error"]} for r in records if r["error"] is not None]
+    tiny = [{"path": r["path"], "width": r["width"], "height": r["height"]}
+            for r in readable if min(r["width"], r["height"]) < min_size]
+    duplicates = find_duplicates(records)
+
+    messages += _imbalance_warnings(counts, imbalance)
+    messages += _duplicate_warnings(duplicates, dataset_dir)
+    if tiny:
+        messages.append(f"{len(tiny)} image(s) smaller than {min_size} px on a side: "
+                        f"{_listing([os.path.relpath(r['path'], dataset_dir) for r in tiny])}")
+    if unreadable:
+        messages.append(f"{len(unreadable)} unreadable file(s), skipped by training: "
+                        f"{_listing([r['error'] for r in unreadable])}")
+    report = {
+        "dataset": str(dataset_dir),
+        "classes": classes,
+        "counts": counts,
+        "sizes": {split: {axis: {"min": int(values[:, column].min()),
+                                 "median": float(np.median(values[:, column])),
+                                 "max": int(values[:, column].max())}
+                          for column, axis in enumerate(("width", "height"))}
+                  for split, values in sizes.items() if len(values)},
+        "unreadable": unreadable,
+        "tiny": tiny,
+        "duplicates": duplicates,
+        "warnings": messages,
+        "plots": {},
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_class_counts(counts, classes).savefig(out_dir / COUNTS_PLOT, dpi=110)
+        plot_image_sizes(sizes, min_size).savefig(out_dir / SIZES_PLOT, dpi=110)
+        report["plots"] = {"class_counts": COUNTS_PLOT, "image_sizes": SIZES_PLOT}
+        (out_dir / ANALYSIS_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def plot_class_counts(counts, class_names):
+    """Grouped bars: images per class, one bar per split.
+
+    Args:
+        counts: `{split: {class: count}}`.
+        class_names: the classes along the x axis.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    from keras_parnet.evaluate import new_figure
+
+    figure = new_figure(max(6, 0.7 * len(class_names) * len(counts) + 2), 4.5)
+    axes = figure.add_subplot()
+    positions = np.arange(len(class_names))
+    width = 0.8 / len(counts)
+    for index, (split, per_class) in enumerate(counts.items()):
+        bars = axes.bar(positions + (index - (len(counts) - 1) / 2) * width,
+                        [per_class.get(name, 0) for name in class_names], width,
+                        label=f"{split} ({sum(per_class.values())})")
+        axes.bar_label(bars, fontsize=8)
+    rotate = len(class_names) > 6
+    axes.set_xticks(positions, labels=class_names, rotation=45 if rotate else 0,
+                    ha="right" if rotate else "center", rotation_mode="anchor")
+    axes.set_title("Images per class and split")
+    axes.set_xlabel("class")
+    axes.set_ylabel("images")
+    axes.legend()
+    return figure
+
+
+def plot_image_sizes(sizes, min_size=DEFAULT_MIN_SIZE):
+    """Scatter of image widths against heights, one colour per split, with
+    the tiny-image limit dashed.
+
+    Args:
+        sizes: `{split: float array (n, 2)}` of `(width, height)` pairs.
+        min_size: the tiny-image limit in pixels.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    from keras_parnet.evaluate import new_figure
+
+    figure = new_figure(6.5, 5.5)
+    axes = figure.add_subplot()
+    for split, values in sizes.items():
+        axes.scatter(values[:, 0], values[:, 1], s=12, alpha=0.5, label=f"{split} ({len(values)})")
+    axes.axvline(min_size, color="grey", linestyle="--", linewidth=1)
+    axes.axhline(min_size, color="grey", linestyle="--", linewidth=1, label=f"{min_size} px")
+    axes.set_title("Image sizes (from file headers)")
+    axes.set_xlabel("width (px)")
+    axes.set_ylabel("height (px)")
+    axes.set_xlim(left=0)
+    axes.set_ylim(bottom=0)
+    axes.legend()
+    return figure
+
+
+def format_analysis(report):
+    """The analysis as text: images per class and split, sizes, warnings."""
+    splits = list(report["counts"])
+    width = max(12, *(len(name) for name in report["classes"]))
+    lines = [f"{'class':<{width}}" + "".join(f"  {split:>8}" for split in splits)]
+    for name in report["classes"] + ["total"]:
+        cells = [sum(counts.values()) if name == "total" else counts.get(name, 0)
+                 for counts in report["counts"].values()]
+        lines.append(f"{name:<{width}}" + "".join(f"  {cell:>8}" for cell in cells))
+    for split, size in report["sizes"].items():
+        lines.append(f"{split} image sizes: width {size['width']['min']}-{size['width']['max']} "
+                     f"(median {size['width']['median']:g}), height {size['height']['min']}-"
+                     f"{size['height']['max']} (median {size['height']['median']:g})")
+    lines += [f"warning: {message}" for message in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_parnet.analyze",
+        description="Check a dataset before training: images per class and split, image sizes, "
+        "and warnings for class imbalance, duplicate files (train/test leakage), tiny images "
+        "and unreadable files. Writes class_counts.png, image_sizes.png and analysis.json.",
+    )
+    parser.add_argument("dataset", metavar="DATASET", help="folder holding train/<class>/ and test/<class>/")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where to write the plots and analysis.json (default analysis/<dataset name>)")
+    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, metavar="PX",
+                        help=f"warn about images with a side below PX pixels (default {DEFAULT_MIN_SIZE})")
+    parser.add_argument("--imbalance", type=float, default=DEFAULT_IMBALANCE, metavar="RATIO",
+                        help="warn when a split's largest class has more than RATIO times the images "
+                        f"of its smallest (default {DEFAULT_IMBALANCE:g})")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_parnet.data import DatasetError
+
+    dataset_dir = Path(args.dataset)
+    out_dir = Path(args.out) if args.out else Path("analysis") / dataset_dir.resolve().name
+    try:
+        report = analyze_dataset(dataset_dir, out_dir, args.min_size, args.imbalance)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_analysis(report), end="")
+    print(f"Plots and {ANALYSIS_JSON} in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

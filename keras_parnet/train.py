@@ -1,0 +1,265 @@
+"""Train ParNet on a `flow_from_directory` folder: `python train.py --help`.
+
+    dataset/<name>/train/<class>/*.jpg
+    dataset/<name>/test/<class>/*.jpg
+
+Each run writes `logs/<run-name>/` (see `keras_parnet.runs`). Without a
+dataset, the embedded demo (`dataset/demo_faces`, faces vs non-faces) trains
+with small settings in a few minutes on a CPU.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATASET = "./dataset/data1_dog_cat"
+DEMO_DATASET = "dataset/demo_faces"
+MODEL_CHOICES = ("s", "m", "l", "xl")
+
+# The original recipe; `None` in argparse means "not given", so that the demo
+# settings and a resumed run's settings apply unless a flag overrides them.
+DEFAULTS = {
+    "model": "s",
+    "widths": None,
+    "small_input": False,
+    "batch_size": 16,
+    "epochs": 100,
+    "image_size": 256,
+    "lr": 1e-3,
+    "lr_decay": 0.95,
+    "patience": 15,
+    "dropout": None,
+}
+DEMO_SETTINGS = {
+    "widths": [32, 48, 64, 128],
+    "small_input": True,
+    "image_size": 32,
+    "epochs": 15,
+}
+
+
+class TrainError(ValueError):
+    """A training setting that cannot work."""
+
+
+def demo_dataset_dir():
+    """The demo dataset: in the working folder, else beside the package source."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base / DEMO_DATASET
+        if (candidate / "train").is_dir():
+            return candidate
+    raise TrainError(
+        f"the demo dataset {DEMO_DATASET} is missing: run from a source checkout "
+        "or pass --dataset DIR."
+    )
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train ParNet on dataset/<name>/{train,test}/<class>/ images. With no "
+        f"arguments and no {DEFAULT_DATASET}, trains on the embedded demo dataset.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", help=f"folder holding train/ and test/ (default {DEFAULT_DATASET})")
+    data.add_argument("--demo", action="store_true",
+                      help=f"train on the embedded demo ({DEMO_DATASET}) with the demo settings")
+    data.add_argument("--image-size", type=int, metavar="PX",
+                      help=f"square input size (default {DEFAULTS['image_size']}, demo {DEMO_SETTINGS['image_size']})")
+    data.add_argument("--batch-size", "--batch", type=int, help=f"batch size (default {DEFAULTS['batch_size']})")
+    data.add_argument("--cache", action="store_true", help="cache decoded images in memory")
+    data.add_argument("--seed", type=int, default=None, help="seed for shuffling and augmentation")
+
+    augment = parser.add_argument_group("augmentation (training data only)")
+    augment.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    augment.add_argument("--rotation", type=float, default=50.0, help="max rotation, degrees (default 50)")
+    augment.add_argument("--width-shift", type=float, default=0.1, help="max shift, fraction of width (default 0.1)")
+    augment.add_argument("--height-shift", type=float, default=0.1, help="max shift, fraction of height (default 0.1)")
+    augment.add_argument("--shear", type=float, default=10.0, help="max shear, degrees (default 10)")
+    augment.add_argument("--zoom", type=float, default=0.1, help="zoom range, scale in [1-z, 1+z] (default 0.1)")
+    augment.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    augment.add_argument("--brightness", type=float, nargs=2, default=(0.7, 1.3), metavar=("LOW", "HIGH"),
+                         help="brightness factor range (default 0.7 1.3)")
+    augment.add_argument("--no-brightness", action="store_true", help="no brightness change")
+    augment.add_argument("--fill-mode", default="nearest", choices=("nearest", "constant", "reflect", "wrap"),
+                         help="how to fill pixels moved in by the transform (default nearest)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=MODEL_CHOICES, help="ParNet size (default s)")
+    model.add_argument("--widths", type=int, nargs=4, metavar=("W0", "W1", "W2", "W3"),
+                       help="custom stream widths instead of the size's (demo: 32 48 64 128)")
+    model.add_argument("--small-input", action="store_true", default=None,
+                       help="CIFAR-style stem without stride, for inputs around 32 px")
+    model.add_argument("--dropout", type=float, help="dropout before the classifier (default: the size's)")
+    model.add_argument("--weights", help="start from this weights file (.weights.h5, .h5 or .keras)")
+
+    fit = parser.add_argument_group("optimisation")
+    fit.add_argument("--epochs", type=int, help=f"epochs (default {DEFAULTS['epochs']}, demo {DEMO_SETTINGS['epochs']})")
+    fit.add_argument("--lr", type=float, help=f"Adam learning rate of epoch 1 (default {DEFAULTS['lr']})")
+    fit.add_argument("--lr-decay", type=float, help="learning rate factor per epoch (default 0.95)")
+    fit.add_argument("--patience", type=int, help="early stopping patience on val_loss (default 15)")
+    fit.add_argument("--restore-best-weights", action="store_true",
+                     help="end training with the weights of the best epoch")
+
+    run = parser.add_argument_group("run folder")
+    run.add_argument("--logs-dir", default="logs", help="where run folders go (default logs)")
+    run.add_argument("--run-name", help="run folder name (default <date-time>-<model>)")
+    run.add_argument("--tensorboard-dir", help="TensorBoard folder (default <run>/tensorboard; "
+                     "`tensorboard --logdir logs` shows every run)")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                     help="continue an interrupted run (default: the newest in --logs-dir)")
+    return parser
+
+
+def augmentation_from_args(args):
+    from keras_parnet.data import Augmentation
+
+    if args.no_augment:
+        return Augmentation(rotation=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, zoom=0.0,
+                            horizontal_flip=False, brightness=None, fill_mode=args.fill_mode)
+    return Augmentation(
+        rotation=args.rotation,
+        width_shift=args.width_shift,
+        height_shift=args.height_shift,
+        shear=args.shear,
+        zoom=args.zoom,
+        horizontal_flip=not args.no_flip,
+        brightness=None if args.no_brightness else tuple(args.brightness),
+        fill_mode=args.fill_mode,
+    )
+
+
+def resolve_settings(args):
+    """Merges, lowest first: the defaults, the demo settings (when training on
+    the demo) or a resumed run's settings, then the flags given."""
+    from keras_parnet.runs import find_latest_run, read_run
+
+    settings = dict(DEFAULTS)
+    run_dir = None
+    if args.resume:
+        run_dir = find_latest_run(args.logs_dir) if args.resume == "latest" else Path(args.resume)
+        settings.update(read_run(run_dir).get("training", {}))
+        if not (run_dir / "backup").is_dir():
+            raise TrainError(f"{run_dir} has no backup/ to resume from: that run finished.")
+    elif args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir()):
+        if not args.demo:
+            print(f"{DEFAULT_DATASET} not found: training on the embedded demo dataset "
+                  f"({DEMO_DATASET}, faces vs non-faces) with the demo settings.")
+        settings.update(DEMO_SETTINGS, dataset=str(demo_dataset_dir()))
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    settings.update({key: value for key, value in given.items() if key in DEFAULTS or key == "dataset"})
+    settings.setdefault("dataset", DEFAULT_DATASET)
+    return settings, run_dir
+
+
+def model_spec(settings):
+    """`(builder name, builder kwargs)` for run.json and `runs.build_model`."""
+    from keras_parnet.models import BUILDERS, MODEL_CONFIGS
+
+    name = BUILDERS[settings["model"]].__name__
+    kwargs = {"small_input": bool(settings["small_input"])}
+    if settings["dropout"] is not None:
+        kwargs["dropout"] = settings["dropout"]
+    if settings["widths"]:
+        kwargs = {"widths": list(settings["widths"]), "dropout": MODEL_CONFIGS[name]["dropout"], **kwargs}
+        name = "ParNet"
+    return name, kwargs
+
+
+def enable_gpu_memory_growth():
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def train(args):
+    """Runs one training; returns `(run folder, trained model)`."""
+    import keras
+
+    from keras_parnet import data, runs
+    from keras_parnet.callbacks import training_callbacks
+    from keras_parnet.models import load_weights_file
+
+    settings, run_dir = resolve_settings(args)
+    if settings["image_size"] < 32:
+        raise TrainError(f"--image-size {settings['image_size']} is below ParNet's 32 px minimum.")
+    dataset_dir = Path(settings["dataset"])
+    class_names = data.check_dataset(dataset_dir)
+    augmentation = augmentation_from_args(args)
+    train_data, _, train_count = data.make_dataset(
+        dataset_dir / "train", settings["image_size"], settings["batch_size"], class_names,
+        training=True, augmentation=augmentation, seed=args.seed, cache=args.cache)
+    test_data, _, test_count = data.make_dataset(
+        dataset_dir / "test", settings["image_size"], settings["batch_size"], class_names,
+        cache=args.cache)
+    print(f"{train_count} training and {test_count} test images in {len(class_names)} classes: "
+          f"{', '.join(class_names)}")
+
+    model_name, model_kwargs = model_spec(settings)
+    if run_dir is None:
+        run_dir = (Path(args.logs_dir) / args.run_name if args.run_name
+                   else runs.new_run_dir(args.logs_dir, model_name))
+        if (run_dir / runs.RUN_FILE).exists():
+            raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
+        training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
+        runs.write_run(run_dir, model_name, model_kwargs, settings["image_size"], class_names,
+                       training=training)
+    elif runs.read_run(run_dir)["class_names"] != class_names:
+        raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
+
+    enable_gpu_memory_growth()
+    config = runs.read_run(run_dir)
+    model = runs.build_model(config)
+    if args.weights:
+        load_weights_file(model, args.weights)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=settings["lr"]),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callbacks = training_callbacks(
+        run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
+        args.restore_best_weights, args.tensorboard_dir)
+    print(f"Run folder: {run_dir}")
+    try:
+        history = model.fit(train_data, validation_data=test_data, epochs=settings["epochs"],
+                            callbacks=callbacks)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Completed epochs are saved; continue with:\n"
+              f"  python train.py --resume {run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+    summarize(history.history, run_dir)
+    return run_dir, model
+
+
+def summarize(history, run_dir):
+    from keras_parnet.runs import BEST_WEIGHTS
+
+    accuracies = history.get("val_accuracy") or []
+    if not accuracies:
+        print(f"Done. Weights in {run_dir}.")
+        return
+    best = max(range(len(accuracies)), key=accuracies.__getitem__)
+    print(f"Done: best val_accuracy {accuracies[best]:.4f} (epoch {best + 1} of this session); "
+          f"best val_loss weights: {Path(run_dir) / BEST_WEIGHTS}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_parnet.data import DatasetError
+    from keras_parnet.runs import RunError
+
+    try:
+        train(args)
+    except (DatasetError, RunError, TrainError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

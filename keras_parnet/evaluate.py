@@ -524,12 +524,12 @@ def build_parser():
                         help="dataset folder holding test/<class>/ (default: the one in run.json)")
     parser.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
                         help="k of the top-k accuracy (default 5; left out when not below the class count)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--worst", type=_non_negative_int, default=16, metavar="N",
                         help="misclassified images to show in worst_predictions.png (default 16, 0: none)")
     parser.add_argument("--no-fuse", action="store_true",
                         help="evaluate the model as trained instead of its reparameterized (fused) form")
-    parser.add_argument("--logs-dir", default="logs", help="where to find the newest run (default logs)")
+    parser.add_argument("--logs-dir", default="logs", metavar="DIR", help="where to find the newest run (default logs)")
     return parser
 
 

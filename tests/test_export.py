@@ -1,0 +1,130 @@
+import sys
+
+import numpy as np
+import pytest
+from conftest import TINY_WIDTHS, randomize_batch_norm
+
+from keras_parnet import export, runs
+
+IMAGE_SIZE = (45, 77)  # odd and non-square: every padding rule is exercised
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run folder whose best weights have non-trivial BN statistics, and its model."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, IMAGE_SIZE, CLASSES)
+    model = randomize_batch_norm(runs.build_model(config))
+    model.save_weights(run_dir / runs.BEST_WEIGHTS)
+    return run_dir, model
+
+
+def reference_outputs(model, batch):
+    return np.asarray(model(batch, training=False))
+
+
+@pytest.mark.parametrize("format", export.FORMATS)
+def test_artifact_loads_back_and_matches_the_trained_model(trained_run, format, tmp_path, capsys):
+    if format == "onnx":
+        pytest.importorskip("tf2onnx", reason="the export extra is not installed")
+        pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    run_dir, model = trained_run
+    if format == "keras":  # a weights file and --out
+        out = tmp_path / "deploy" / "model.keras"
+        argv = [str(run_dir / runs.BEST_WEIGHTS), "--out", str(out)]
+    else:  # a run folder, written beside its weights
+        out = export.default_output(run_dir / runs.BEST_WEIGHTS, format)
+        argv = [str(run_dir)]
+
+    assert export.main([*argv, "--format", format]) == 0
+    assert out.exists()
+    assert f"wrote {out}" in capsys.readouterr().out
+
+    batch = export.sample_batch(model, size=3, seed=7)  # not the batch the CLI checked
+    expected = reference_outputs(model, batch)
+    actual = export.load_artifact(out, format)(batch)
+    assert actual.shape == (3, len(CLASSES))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+
+
+def exported(run_dir, format):
+    """The run's default artifact, exported now unless an earlier test did."""
+    out = export.default_output(run_dir / runs.BEST_WEIGHTS, format)
+    if not out.exists():
+        assert export.main([str(run_dir), "--format", format]) == 0
+    return out
+
+
+def test_onnx_keeps_grouped_convolutions_grouped(trained_run):
+    onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
+    pytest.importorskip("tf2onnx", reason="the export extra is not installed")
+    graph = onnx.load(exported(trained_run[0], "onnx")).graph
+    groups = [
+        attribute.i for node in graph.node if node.op_type == "Conv"
+        for attribute in node.attribute if attribute.name == "group"
+    ]
+    assert groups.count(2) == 4  # fusion1/2: the fused 3x3 and the SE gate each
+    assert {node.op_type for node in graph.node}.isdisjoint(
+        {"StatefulPartitionedCall", "PartitionedCall"}
+    )
+
+
+def test_saved_model_runs_without_xla(trained_run):
+    saved_model = exported(trained_run[0], "savedmodel")
+    assert b"_XlaMustCompile" not in (saved_model / "saved_model.pb").read_bytes()
+
+
+def test_mismatching_artifact_fails_loudly(trained_run, tmp_path, monkeypatch, capsys):
+    def export_nothing(model, path, format):
+        return path
+
+    def load_shifted(path, format):  # an artifact whose outputs are off by 1e-3
+        _, model = trained_run
+        return lambda batch: np.asarray(model(batch, training=False)) + 1e-3
+
+    monkeypatch.setattr(export, "export_model", export_nothing)
+    monkeypatch.setattr(export, "load_artifact", load_shifted)
+    assert export.main([str(trained_run[0]), "--format", "keras", "--out", str(tmp_path / "m.keras")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "0.001" in error and "do not deploy" in error
+    assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing-run", "--format", "keras"], "does not exist"),
+        (["{run}", "--format", "keras", "--out", "{tmp}/model.h5"], ".keras file"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(trained_run, tmp_path, capsys, argv, message):
+    run_dir, _ = trained_run
+    argv = [arg.format(run=run_dir, tmp=tmp_path) for arg in argv]
+    assert export.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_missing_extra_is_named_with_the_install_command(trained_run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import fails as if not installed
+    run_dir, _ = trained_run
+    assert export.main([str(run_dir), "--format", "onnx"]) == 2
+    error = capsys.readouterr().err
+    assert "tf2onnx" in error and "keras-parnet[export]" in error and error.count("\n") == 1
+
+
+def test_dynamic_input_size_is_refused(tmp_path):
+    from keras_parnet import ParNet
+
+    with pytest.raises(export.ExportError, match="fixed input size"):
+        export.export_model(ParNet(TINY_WIDTHS, classes=2), tmp_path / "m.tflite", "tflite")
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("WEIGHTS", "--format", "--out", "--logs-dir", "savedmodel", "tflite", "onnx"):
+        assert flag in help_text

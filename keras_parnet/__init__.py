@@ -1,5 +1,7 @@
 """ParNet ("Non-deep Networks", Goyal et al. 2021) for Keras 3."""
 
+import importlib
+
 from keras_parnet.blocks import (
     conv_bn,
     downsampling_block,
@@ -8,6 +10,7 @@ from keras_parnet.blocks import (
     sse,
     stream,
 )
+# Importing the layers registers them, so `.keras` files load after `import keras_parnet`.
 from keras_parnet.layers import ChannelShuffle, InterleaveChannels
 from keras_parnet.models import (
     BUILDERS,
@@ -18,5 +21,21 @@ from keras_parnet.models import (
     parnet_s,
     parnet_xl,
 )
+from keras_parnet.runs import load_run
 
 __version__ = "0.1.0"
+
+# The tools' entry points, imported on first use.
+_LAZY = {
+    "reparameterize": "keras_parnet.reparam",
+    "predict_image": "keras_parnet.predict",
+    "classification_report": "keras_parnet.evaluate",
+    "evaluate_run": "keras_parnet.evaluate",
+    "analyze_dataset": "keras_parnet.analyze",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_parnet' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

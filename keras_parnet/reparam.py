@@ -25,12 +25,12 @@ import keras
 import numpy as np
 from keras import layers
 
-__all__ = ["reparameterize", "fuse"]
+__all__ = ["reparameterize", "fold_batch_norm"]
 
 
 def _graph(model):
     """`(producers, consumers)`: the layer making each tensor and the layers
-    reading it, keyed by `id(tensor)`."""
+    reading it (`None` for the model's outputs), keyed by `id(tensor)`."""
     producers, consumers = {}, {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -47,6 +47,8 @@ def _graph(model):
         if not isinstance(layer, layers.InputLayer):
             for tensor in keras.tree.flatten(layer.input):
                 consumers.setdefault(id(tensor), []).append(layer)
+    for tensor in keras.tree.flatten(model.outputs):
+        consumers.setdefault(id(tensor), []).append(None)
     return producers, consumers
 
 
@@ -230,10 +232,11 @@ def reparameterize(model):
             "BatchNormalization to fold; is it a ParNet model?"
         )
     folded_by_name = {conv.name: weights for conv, weights in folded.items()}
-    skipped = {layer.name for layer in passthrough | dropped}
+    passthrough_names = {layer.name for layer in passthrough}
+    dropped_names = {layer.name for layer in dropped}
 
     def clone_layer(layer):
-        if layer.name in skipped:
+        if layer.name in passthrough_names | dropped_names:
             return layer  # never called, see call_layer
         config = layer.get_config()
         if layer.name in folded_by_name:
@@ -252,8 +255,6 @@ def reparameterize(model):
             return layer(inputs, *args[1:], **kwargs)
         return layer(*args, **kwargs)
 
-    dropped_names = {layer.name for layer in dropped}
-    passthrough_names = {layer.name for layer in passthrough}
     fused = keras.models.clone_model(
         model, clone_function=clone_layer, call_function=call_layer
     )
@@ -265,5 +266,3 @@ def reparameterize(model):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return fused
 
-
-fuse = reparameterize

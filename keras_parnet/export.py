@@ -221,7 +221,12 @@ def _tflite_runner(path):
 
 def max_abs_diff(run, reference, batch):
     """Largest absolute difference between `run(batch)` and `reference`."""
-    return float(np.max(np.abs(np.asarray(run(batch)) - reference)))
+    output = np.asarray(run(batch))
+    if output.shape != reference.shape:
+        raise ArtifactMismatchError(
+            f"outputs of shape {output.shape} where the trained model gives {reference.shape}."
+        )
+    return float(np.max(np.abs(output - reference)))
 
 
 def sample_batch(model, size=CHECK_BATCH_SIZE, seed=0):
@@ -327,6 +332,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Eager calls through Keras' per-op XLA grouped convolution warn about retracing.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from keras_parnet.runs import RunError
 
     try:

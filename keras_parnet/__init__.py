@@ -1,8 +1,12 @@
 """ParNet ("Non-deep Networks", Goyal et al. 2021) for Keras 3."""
 
 import importlib
+import os
 
-from keras_parnet.blocks import (
+# TensorFlow's C++ info lines drown the tools' output; a user's setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from keras_parnet.blocks import (  # noqa: E402
     conv_bn,
     downsampling_block,
     fusion_block,

@@ -307,7 +307,9 @@ def test_fill_modes_extend_the_image_like_numpy_pad(fill_mode, pad_mode):
         np.testing.assert_allclose(fused(image, shift_x=shift, fill_mode=fill_mode), expected, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Please import `affine_transform`:DeprecationWarning")  # in Keras' generator
 def test_fused_transform_matches_image_data_generator():
+    pytest.importorskip("scipy")  # the generator's transforms need it (the test extra has it)
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     rng = np.random.default_rng(5)

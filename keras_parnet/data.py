@@ -503,7 +503,7 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
     if shuffle and not cache:
         data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     # The scan leaves out unreadable files; one that still fails to decode
-    # (damaged after its end marker was checked) is dropped and the epoch
+    # (damaged inside, with a sound header and end) is dropped and the epoch
     # filled up from the next pass, so an epoch never fails and keeps its length.
     data = (data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
             .ignore_errors(log_warning=True).repeat().take(count))

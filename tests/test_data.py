@@ -234,7 +234,7 @@ def sampled_matrices(outputs):
     matrices = []
     for output in outputs:
         target = output[22:43, 22:43, :2].reshape(-1, 2) * 255 / 4
-        matrix, residuals, *_ = np.linalg.lstsq(design, target, rcond=None)
+        matrix = np.linalg.lstsq(design, target, rcond=None)[0]
         assert np.abs(design @ matrix - target).max() < 0.01  # bilinear of a ramp is exact
         matrices.append(matrix.T)
     return np.array(matrices)

@@ -45,11 +45,11 @@ def _read_header(path):
     the header, or the reason training would skip it."""
     from PIL import Image
 
-    from keras_parnet.data import ImageError, _inspect
+    from keras_parnet.data import ImageError, check_image
 
     record = {"path": path, "bytes": os.path.getsize(path), "width": None, "height": None, "error": None}
     try:
-        _inspect(path)  # the check training applies: header and complete end of file
+        check_image(path)  # the check training applies: header and complete end of file
         with Image.open(path) as image:
             record["width"], record["height"] = image.size
     except ImageError as error:
@@ -168,7 +168,7 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
     except data.DatasetError as error:  # the splits have different classes
         messages.append(str(error))
     files = [(split, name, path) for split, names in split_classes.items() for name in names
-             for path in data._image_files(dataset_dir / split / name)]
+             for path in data.list_images(dataset_dir / split / name)]
     records = _map_in_threads(_read_header, [path for _, _, path in files])
     for (split, name, _), record in zip(files, records):
         record["split"], record["class"] = split, name

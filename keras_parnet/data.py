@@ -131,7 +131,7 @@ def find_classes(split_dir):
     return names
 
 
-def _image_files(class_dir):
+def list_images(class_dir):
     """Image paths below `class_dir` in `flow_from_directory` order."""
     folders = []
     for root, subfolders, files in os.walk(class_dir):
@@ -149,7 +149,7 @@ def _bmp_is_tensorflow_readable(head):
     return bits in (24, 32) and compression == 0
 
 
-def _inspect(path):
+def check_image(path):
     """Checks that `path` is a complete image file.
 
     Reads its first and last bytes; BMPs, files for Pillow and files without
@@ -201,7 +201,7 @@ def _inspect(path):
 
 
 def _scan(split_dir, class_names=None):
-    """`scan_split` plus the decoder of each file (see `_inspect`)."""
+    """`scan_split` plus the decoder of each file (see `check_image`)."""
     split_dir = os.fspath(split_dir)
     if class_names is None:
         class_names = find_classes(split_dir)
@@ -212,12 +212,12 @@ def _scan(split_dir, class_names=None):
         if missing:
             raise DatasetError(f"{split_dir} has no folder for the classes {', '.join(missing)}: "
                                f"train and test need the same class folders.")
-    per_class = [_image_files(os.path.join(split_dir, name)) for name in class_names]
+    per_class = [list_images(os.path.join(split_dir, name)) for name in class_names]
     candidates = [path for files in per_class for path in files]
 
     def inspect(path):
         try:
-            return _inspect(path)
+            return check_image(path)
         except ImageError as error:
             return error
 
@@ -337,7 +337,7 @@ def load_image(path, image_size):
         ImageError: a missing path, a folder, a file that is not an image,
             or a truncated or corrupt image.
     """
-    decoder = _inspect(path)
+    decoder = check_image(path)
     try:
         return _load(tf.constant(os.fspath(path)), tf.constant(decoder), image_size_pair(image_size)).numpy()
     except tf.errors.OpError as error:

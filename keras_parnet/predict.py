@@ -329,13 +329,13 @@ def fuse(model):
 
 def expand_paths(arguments):
     """Files, folders (images below them, sorted) and globs -> `(paths, errors)`."""
-    from keras_parnet.data import IMAGE_EXTENSIONS, _image_files
+    from keras_parnet.data import IMAGE_EXTENSIONS, list_images
 
     paths, errors = [], []
     for argument in arguments:
         path = Path(argument).expanduser()
         if path.is_dir():
-            found = _image_files(path)
+            found = list_images(path)
             if not found:
                 errors.append(f"{path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
             paths.extend(found)

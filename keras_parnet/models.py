@@ -185,7 +185,8 @@ def ParNet(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if dropout > 0:
             x = layers.Dropout(dropout, name="top_dropout")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        # float32 even under a mixed precision policy: softmax and loss need its range.
+        x = layers.Dense(classes, activation=classifier_activation, dtype="float32", name="predictions")(x)
     elif pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import keras
 
+from keras_parnet import distribute
 from keras_parnet.runs import BEST_WEIGHTS
 
 EPOCH_WEIGHTS = "ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.weights.h5"
@@ -34,6 +35,32 @@ def best_val_loss(run_dir):
     return min(finite) if finite else None
 
 
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, for a cluster too.
+
+    Keras 3's callback restores every worker from its own `backup_dir`. In a
+    cluster only the chief reads its backup (the other workers write theirs
+    into their temporary folders); then every worker takes the chief's
+    weights, optimizer state and epoch, so the cluster resumes as one, and
+    start weights that only the chief loaded reach every worker.
+    """
+
+    def on_train_begin(self, logs=None):
+        strategy = self.model.distribute_strategy
+        if distribute.worker_count(strategy) == 1:
+            super().on_train_begin(logs)
+            return
+        if distribute.is_chief(strategy):
+            super().on_train_begin(logs)
+        state = self.model.weights + self.model.optimizer.variables
+        epoch = keras.ops.convert_to_tensor(self.model._initial_epoch or 0, "int64")
+        epoch, *values = distribute.broadcast_from_chief(
+            strategy, [epoch, *(keras.ops.convert_to_tensor(variable) for variable in state)])
+        for variable, value in zip(state, values):
+            variable.assign(value)
+        self.model._initial_epoch = int(epoch)
+
+
 def training_callbacks(
     run_dir,
     learning_rate=1e-3,
@@ -59,7 +86,7 @@ def training_callbacks(
     """
     run_dir = Path(run_dir)
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.LearningRateScheduler(
             decayed_learning_rate(learning_rate, lr_decay), verbose=1

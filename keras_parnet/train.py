@@ -5,11 +5,14 @@
 
 Each run writes `logs/<run-name>/` (see `keras_parnet.runs`). Without a
 dataset, the embedded demo (`dataset/demo_faces`, faces vs non-faces) trains
-with small settings in a few minutes on a CPU.
+with small settings in a few minutes on a CPU. Several GPUs or machines train
+one model with `--strategy` (see `keras_parnet.distribute`); `--batch-size` is
+per replica.
 """
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +34,7 @@ DEFAULTS = {
     "lr_decay": 0.95,
     "patience": 15,
     "dropout": None,
+    "mixed_precision": False,
 }
 DEMO_SETTINGS = {
     "widths": [32, 48, 64, 128],
@@ -68,7 +72,9 @@ def build_parser():
                       help=f"train on the embedded demo ({DEMO_DATASET}) with the demo settings")
     data.add_argument("--image-size", type=int, metavar="PX",
                       help=f"square input size (default {DEFAULTS['image_size']}, demo {DEMO_SETTINGS['image_size']})")
-    data.add_argument("--batch-size", "--batch", type=int, help=f"batch size (default {DEFAULTS['batch_size']})")
+    data.add_argument("--batch-size", "--batch", type=int,
+                      help=f"images per replica and step (default {DEFAULTS['batch_size']}); a step trains on "
+                      "this times the number of replicas (GPUs, or workers in a cluster)")
     data.add_argument("--cache", action="store_true", help="cache decoded images in memory")
     data.add_argument("--seed", type=int, default=None, help="seed for shuffling and augmentation")
 
@@ -103,6 +109,18 @@ def build_parser():
     fit.add_argument("--restore-best-weights", action="store_true",
                      help="end training with the weights of the best epoch")
 
+    scale = parser.add_argument_group("devices and speed")
+    scale.add_argument("--strategy", default="auto", metavar="NAME",
+                       help="tf.distribute strategy: 'mirrored' trains on every GPU of this machine, "
+                       "'multi-worker' on the machines TF_CONFIG lists (the chief writes the run folder), "
+                       "'default' on one device; 'auto' (default) is multi-worker when TF_CONFIG names "
+                       "more than one task, mirrored with more than one GPU, else default")
+    scale.add_argument("--mixed-precision", action="store_true", default=None,
+                       help="compute in mixed_float16 on GPU (mixed_bfloat16 on CPU), keeping weights and "
+                       "the classifier output in float32")
+    scale.add_argument("--jit-compile", action="store_true",
+                       help="compile training steps with XLA (faster on GPU, about 4x slower on CPU)")
+
     run = parser.add_argument_group("run folder")
     run.add_argument("--logs-dir", default="logs", help="where run folders go (default logs)")
     run.add_argument("--run-name", help="run folder name (default <date-time>-<model>)")
@@ -131,9 +149,11 @@ def augmentation_from_args(args):
     )
 
 
-def resolve_settings(args):
+def resolve_settings(args, needs_backup=True):
     """Merges, lowest first: the defaults, the demo settings (when training on
-    the demo) or a resumed run's settings, then the flags given."""
+    the demo) or a resumed run's settings, then the flags given. A resumed run
+    must hold its backup unless `needs_backup` is false (a worker that is not
+    the chief gets the chief's state)."""
     from keras_parnet.runs import find_latest_run, read_run
 
     settings = dict(DEFAULTS)
@@ -141,7 +161,7 @@ def resolve_settings(args):
     if args.resume:
         run_dir = find_latest_run(args.logs_dir) if args.resume == "latest" else Path(args.resume)
         settings.update(read_run(run_dir).get("training", {}))
-        if not (run_dir / "backup").is_dir():
+        if needs_backup and not (run_dir / "backup").is_dir():
             raise TrainError(f"{run_dir} has no backup/ to resume from: that run finished.")
     elif args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir()):
         if not args.demo:
@@ -175,62 +195,110 @@ def enable_gpu_memory_growth():
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def train(args):
-    """Runs one training; returns `(run folder, trained model)`."""
+def distributed_datasets(settings, args, dataset_dir, class_names, augmentation, strategy):
+    """`(train, test)` datasets in global batches of `strategy`, set up to be
+    split across its replicas."""
+    from keras_parnet import data, distribute
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = settings["batch_size"] * replicas
+    train_data, _, train_count = data.make_dataset(
+        dataset_dir / "train", settings["image_size"], global_batch, class_names, training=True,
+        augmentation=augmentation, seed=distribute.shared_seed(strategy, args.seed), cache=args.cache)
+    test_data, _, test_count = data.make_dataset(
+        dataset_dir / "test", settings["image_size"], global_batch, class_names, cache=args.cache)
+    print(f"{train_count} training and {test_count} test images in {len(class_names)} classes: "
+          f"{', '.join(class_names)}")
+    steps = math.ceil(train_count / global_batch)
+    if replicas > 1:
+        # Keras gives every replica's mean loss the same weight, so the images of
+        # a smaller last batch, split unevenly, would count more than others.
+        steps = train_count // global_batch
+        if steps == 0:
+            raise TrainError(f"{train_count} training images do not fill one step of {global_batch} images "
+                             f"({settings['batch_size']} per replica x {replicas} replicas): lower --batch-size.")
+        train_data = distribute.shard_by_data(train_data.take(steps))
+        test_data = distribute.shard_by_data(test_data)
+    print(f"Training on {distribute.describe(strategy)}: batch size {settings['batch_size']} per replica, "
+          f"{global_batch} global, {steps} steps per epoch")
+    return train_data, test_data
+
+
+def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
+    """The model of a run `config`, built and compiled in `strategy`'s scope
+    (in mixed precision if `settings["mixed_precision"]`), starting from the
+    `weights` file if given."""
     import keras
 
-    from keras_parnet import data, runs
-    from keras_parnet.callbacks import training_callbacks
+    from keras_parnet import distribute, runs
     from keras_parnet.models import load_weights_file
 
-    settings, run_dir = resolve_settings(args)
+    policy = distribute.mixed_precision_policy() if settings["mixed_precision"] else None
+    if policy:
+        print(f"Mixed precision: {policy}")
+    with strategy.scope():
+        with distribute.dtype_policy(policy):
+            model = runs.build_model(config)
+        if weights:
+            load_weights_file(model, weights)
+        model = distribute.prepare_model(model, strategy)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=settings["lr"]),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=jit_compile,
+        )
+    return model
+
+
+def train(args):
+    """Runs one training; returns `(run folder, trained model)`. A worker of a
+    cluster that is not the chief returns `None` as its run folder."""
+    from keras_parnet import data, distribute, runs
+    from keras_parnet.callbacks import training_callbacks
+
+    enable_gpu_memory_growth()
+    strategy = distribute.make_strategy(args.strategy)  # before any other TensorFlow op
+    chief = distribute.is_chief(strategy)
+    settings, run_dir = resolve_settings(args, needs_backup=chief)
     if settings["image_size"] < 32:
         raise TrainError(f"--image-size {settings['image_size']} is below ParNet's 32 px minimum.")
     dataset_dir = Path(settings["dataset"])
     class_names = data.check_dataset(dataset_dir)
     augmentation = augmentation_from_args(args)
-    train_data, _, train_count = data.make_dataset(
-        dataset_dir / "train", settings["image_size"], settings["batch_size"], class_names,
-        training=True, augmentation=augmentation, seed=args.seed, cache=args.cache)
-    test_data, _, test_count = data.make_dataset(
-        dataset_dir / "test", settings["image_size"], settings["batch_size"], class_names,
-        cache=args.cache)
-    print(f"{train_count} training and {test_count} test images in {len(class_names)} classes: "
-          f"{', '.join(class_names)}")
+    train_data, test_data = distributed_datasets(settings, args, dataset_dir, class_names, augmentation, strategy)
 
     model_name, model_kwargs = model_spec(settings)
-    if run_dir is None:
-        run_dir = (Path(args.logs_dir) / args.run_name if args.run_name
-                   else runs.new_run_dir(args.logs_dir, model_name))
-        if (run_dir / runs.RUN_FILE).exists():
-            raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
-        training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
-        runs.write_run(run_dir, model_name, model_kwargs, settings["image_size"], class_names,
-                       training=training)
-    elif runs.read_run(run_dir)["class_names"] != class_names:
-        raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
+    with distribute.scratch_dir_unless_chief(strategy) as scratch:
+        if run_dir is None:
+            run_dir = scratch or (Path(args.logs_dir) / args.run_name if args.run_name
+                                  else runs.new_run_dir(args.logs_dir, model_name))
+            if (run_dir / runs.RUN_FILE).exists():
+                raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
+            training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
+            runs.write_run(run_dir, model_name, model_kwargs, settings["image_size"], class_names,
+                           training=training)
+        elif runs.read_run(run_dir)["class_names"] != class_names:
+            raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
 
-    enable_gpu_memory_growth()
-    config = runs.read_run(run_dir)
-    model = runs.build_model(config)
-    if args.weights:
-        load_weights_file(model, args.weights)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings["lr"]),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    callbacks = training_callbacks(
-        run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
-        args.restore_best_weights, args.tensorboard_dir)
-    print(f"Run folder: {run_dir}")
-    try:
-        history = model.fit(train_data, validation_data=test_data, epochs=settings["epochs"],
-                            callbacks=callbacks)
-    except KeyboardInterrupt:
-        print(f"\nInterrupted. Completed epochs are saved; continue with:\n"
-              f"  python train.py --resume {run_dir}", file=sys.stderr)
-        raise SystemExit(130) from None
+        # Start weights are read by the chief only: they reach every worker when training starts.
+        model = compiled_model(runs.read_run(run_dir), settings, strategy, args.weights if chief else None,
+                               args.jit_compile)
+        callbacks = training_callbacks(
+            scratch or run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
+            args.restore_best_weights, args.tensorboard_dir if chief else None)
+        print(f"Run folder: {run_dir}" if chief else
+              f"The chief writes the run folder; this worker writes to {scratch} (removed at the end).")
+        try:
+            history = model.fit(train_data, validation_data=test_data, epochs=settings["epochs"],
+                                callbacks=callbacks)
+        except KeyboardInterrupt:
+            resume = run_dir if chief else "<the chief's run folder>"
+            print(f"\nInterrupted. Completed epochs are saved; continue with:\n"
+                  f"  python train.py --resume {resume}", file=sys.stderr)
+            raise SystemExit(130) from None
+    if not chief:
+        return None, model
     summarize(history.history, run_dir)
     return run_dir, model
 

@@ -1,0 +1,254 @@
+"""Distributed training: strategy choice, a two-worker cluster on localhost,
+mirrored replicas against one device, mixed precision."""
+
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_WIDTHS
+from PIL import Image
+from test_train import InterruptAfter
+
+from keras_parnet import callbacks, distribute, runs
+from keras_parnet import train as train_module
+from keras_parnet.train import build_parser, compiled_model, main, train
+
+TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--seed", "1"]
+TIMEOUT = 600
+
+# Runs train.py's `train` in a worker process and saves the final weights and
+# optimizer step count to argv[1]. Grappler's graph rewrites take about half
+# of the time two workers spend tracing on 2 CPU cores; they change speed only.
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    from keras_parnet.train import build_parser, train
+
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+    _, model = train(build_parser().parse_args(sys.argv[2:]))
+    np.savez(sys.argv[1], *model.get_weights(), iterations=int(model.optimizer.iterations.numpy()))
+""")
+
+# Two logical CPU devices (set before TensorFlow starts): one step of mirrored
+# training and one step on one device, same start weights and global batch.
+MIRRORED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    from keras_parnet import ParNet, distribute
+
+    def one_step(strategy, images, labels, weights=None):
+        with strategy.scope():
+            model = distribute.prepare_model(
+                ParNet(json.loads(sys.argv[1]), input_shape=(32, 32, 3), classes=2), strategy)
+            model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", run_eagerly=True)
+        if weights is not None:
+            model.set_weights(weights)
+        start = model.get_weights()
+        loss = model.fit(images, labels, batch_size=len(images), shuffle=False, verbose=0).history["loss"][0]
+        return loss, start, model.get_weights()
+
+    rng = np.random.default_rng(0)
+    images = rng.random((8, 32, 32, 3), dtype="float32")
+    labels = np.eye(2, dtype="float32")[[0, 1, 1, 0, 1, 1, 0, 0]]
+    mirrored = distribute.make_strategy("mirrored")
+    mirrored_loss, start, mirrored_end = one_step(mirrored, images, labels)
+    single_loss, _, single_end = one_step(distribute.make_strategy("default"), images, labels, start)
+    print(json.dumps({
+        "replicas": mirrored.num_replicas_in_sync,
+        "losses": [mirrored_loss, single_loss],
+        "largest_step": max(float(np.abs(b - a).max()) for a, b in zip(start, single_end)),
+        "largest_difference": max(float(np.abs(m - s).max()) for m, s in zip(mirrored_end, single_end)),
+    }))
+""")
+
+
+@pytest.mark.parametrize(
+    "name, gpus, tf_config, expected",
+    [
+        ("auto", 0, None, "default"),
+        ("auto", 1, None, "default"),
+        ("auto", 2, None, "mirrored"),
+        ("auto", 2, {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, "mirrored"),
+        ("auto", 0, {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}},
+         "multi-worker"),
+        ("default", 4, None, "default"),
+        ("multi-worker", 0, None, "multi-worker"),
+    ],
+)
+def test_strategy_choice(name, gpus, tf_config, expected):
+    assert distribute.choose_strategy(name, gpus, tf_config) == expected
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        ("{cluster", "TF_CONFIG is not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG has no "cluster"'),
+        ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}',
+         "cluster has ps tasks"),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}', "is not in its cluster"),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}}', "is not in its cluster"),
+    ],
+)
+def test_bad_tf_config_stops_training_with_one_line(tmp_path, monkeypatch, capsys, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert main(["--dataset", str(tmp_path), "--logs-dir", str(tmp_path / "logs")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_unknown_strategy_is_a_user_error(tmp_path, capsys):
+    assert main(["--strategy", "tpu", "--dataset", str(tmp_path)]) == 2
+    assert "unknown strategy 'tpu': use one of auto, default, mirrored, multi-worker" in capsys.readouterr().err
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def run_cluster(tmp_path, worker_args):
+    """Runs one worker process per `worker_args` entry as one cluster on
+    localhost; returns their exit codes and outputs."""
+    addresses = [f"localhost:{port}" for port in free_ports(len(worker_args))]
+    processes, logs = [], []
+    for index, args in enumerate(worker_args):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        scratch = tmp_path / f"tmp{index}"
+        scratch.mkdir()
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch),
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        logs.append(tmp_path / f"worker{index}.log")
+        with logs[-1].open("w") as log:  # files, not pipes: a full pipe would stall the cluster
+            processes.append(subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(tmp_path / f"worker{index}.npz"), *args],
+                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [process.wait(timeout=TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return codes, [log.read_text() for log in logs]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Dark vs bright 40 px PNGs: 7 + 6 to train, 3 + 3 to test."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", (7, 6)), ("test", (3, 3))):
+        for (name, level), count in zip((("dark", 40), ("bright", 210)), counts):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = np.clip(rng.normal(level, 20, (40, 40, 3)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture
+def eager_training(monkeypatch):
+    """train.py with eager steps: a few steps run faster than tracing them."""
+
+    def eager_model(*args, **kwargs):
+        model = compiled_model(*args, **kwargs)
+        model.run_eagerly = True
+        return model
+
+    monkeypatch.setattr(train_module, "compiled_model", eager_model)
+
+
+def test_two_workers_resume_a_run_together(dataset, tmp_path, eager_training, monkeypatch):
+    """A run interrupted after epoch 1 of 3 on one device is resumed by a
+    2-worker cluster, which trains epochs 2 and 3: only the chief writes, and
+    both workers end with the same weights and optimizer state."""
+    original = callbacks.training_callbacks
+    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [InterruptAfter(1)])
+    common = ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "2"]
+    with pytest.raises(SystemExit):
+        train(build_parser().parse_args([*common, "--epochs", "3", "--logs-dir", str(tmp_path / "logs"),
+                                         "--run-name", "r", "--strategy", "default"]))
+    run_dir = tmp_path / "logs" / "r"
+    assert (run_dir / "backup").is_dir()
+
+    codes, outputs = run_cluster(
+        tmp_path, [["--logs-dir", str(tmp_path / f"logs{index}"), "--resume", str(run_dir)] for index in (0, 1)])
+    assert codes == [0, 0], outputs
+    # 13 images in global batches of 2 x 2: 3 full steps per epoch, after the
+    # single device's 7 steps of 2 images.
+    for output in outputs:
+        assert "2 replicas on 2 workers" in output
+        assert "batch size 2 per replica, 4 global, 3 steps per epoch" in output
+        assert "Epoch 2/3" in output and "Epoch 3/3" in output and "Epoch 1/3" not in output
+    workers = [np.load(tmp_path / f"worker{index}.npz") for index in (0, 1)]
+    assert [int(worker["iterations"]) for worker in workers] == [7 + 2 * 3] * 2
+    chief_weights = [workers[0][f"arr_{k}"] for k in range(len(workers[0].files) - 1)]
+    for k, weights in enumerate(chief_weights):
+        np.testing.assert_array_equal(weights, workers[1][f"arr_{k}"])
+
+    # Only the chief wrote: its run folder is complete, the worker's temporary folder is gone.
+    assert not (tmp_path / "logs0").exists() and not (tmp_path / "logs1").exists()
+    scratch = re.search(r"this worker writes to (\S+) \(removed at the end\)", outputs[1]).group(1)
+    assert Path(scratch).parent == tmp_path / "tmp1" and not Path(scratch).exists()
+    assert "Run folder" not in outputs[1]
+    with open(run_dir / callbacks.HISTORY_FILE, newline="") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
+    names = {path.name for path in run_dir.iterdir()}
+    assert "backup" not in names
+    assert sorted(name[:5] for name in names if name.startswith("ep")) == ["ep001", "ep002", "ep003"]
+
+    # The last checkpoint, read by the ordinary single-device model, is the final state.
+    model, _ = runs.load_run(run_dir, weights=next(run_dir.glob("ep003-*.weights.h5")))
+    for saved, final in zip(model.get_weights(), chief_weights):
+        np.testing.assert_array_equal(saved, final)
+
+
+def test_mirrored_step_equals_one_device_step_on_the_global_batch():
+    result = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(TINY_WIDTHS)], capture_output=True,
+                            text=True, timeout=TIMEOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["replicas"] == 2
+    mirrored_loss, single_loss = measured["losses"]
+    assert np.isfinite(single_loss) and mirrored_loss == pytest.approx(single_loss, rel=1e-5)
+    # The weights moved, and both runs moved them alike (batch statistics included).
+    assert measured["largest_step"] > 0.1
+    assert measured["largest_difference"] < 1e-4 * measured["largest_step"]
+
+
+def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_training):
+    run_dir, model = train(build_parser().parse_args(
+        ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "8", "--epochs", "1", "--mixed-precision",
+         "--logs-dir", str(tmp_path)]))
+    assert runs.read_run(run_dir)["training"]["mixed_precision"] is True  # a resumed run keeps it
+    assert keras.config.dtype_policy().name == "float32"  # restored after building
+    compute_dtypes = {layer.compute_dtype for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    assert compute_dtypes == {"bfloat16"}  # this machine has no GPU
+    assert all(weight.dtype == "float32" for weight in model.weights)
+    with open(run_dir / callbacks.HISTORY_FILE, newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert np.isfinite(float(row["loss"])) and np.isfinite(float(row["val_loss"]))
+    assert model.optimizer.iterations.numpy() == 2  # 13 images in batches of 8
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype="float32")
+    predictions = model(images, training=False)
+    assert predictions.dtype == "float32" and model.outputs[0].dtype == "float32"
+    np.testing.assert_allclose(np.sum(predictions, axis=1), 1.0, rtol=1e-6)

@@ -75,6 +75,9 @@ def build_parser():
     data.add_argument("--batch-size", "--batch", type=int,
                       help=f"images per replica and step (default {DEFAULTS['batch_size']}); a step trains on "
                       "this times the number of replicas (GPUs, or workers in a cluster)")
+    data.add_argument("--analyze", action="store_true",
+                      help="check the dataset first (class counts, image sizes, train/test duplicates, "
+                      "unreadable files) and write its plots to <run>/analysis/")
     data.add_argument("--cache", action="store_true", help="cache decoded images in memory")
     data.add_argument("--seed", type=int, default=None, help="seed for shuffling and augmentation")
 
@@ -280,6 +283,10 @@ def train(args):
                            training=training)
         elif runs.read_run(run_dir)["class_names"] != class_names:
             raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
+        if args.analyze and chief:
+            from keras_parnet.analyze import analyze_dataset, format_analysis
+
+            print(format_analysis(analyze_dataset(dataset_dir, out_dir=run_dir / "analysis")), end="")
 
         # Start weights are read by the chief only: they reach every worker when training starts.
         model = compiled_model(runs.read_run(run_dir), settings, strategy, args.weights if chief else None,

@@ -1,6 +1,7 @@
 """train.py end to end on a tiny dataset (tiny widths, 32 px)."""
 
 import csv
+import json
 import re
 
 import keras
@@ -133,3 +134,15 @@ def test_bad_datasets_stop_before_training(tmp_path, capsys, layout, message):
     assert status == 2
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
     assert not (tmp_path / "logs").exists()
+
+
+def test_analyze_runs_before_training(dataset, tmp_path, capsys):
+    status = main(["--dataset", str(dataset), "--logs-dir", str(tmp_path), *TINY_ARGS,
+                   "--analyze", "--epochs", "0", "--run-name", "checked"])
+    assert status == 0
+    out = capsys.readouterr().out
+    counts = [line.split() for line in out.splitlines() if line.split()[:1] in (["bright"], ["dark"])]
+    assert counts == [["bright", "6", "3"], ["dark", "6", "3"]]
+    analysis = json.loads((tmp_path / "checked" / "analysis" / "analysis.json").read_text())
+    assert analysis["counts"]["train"] == {"bright": 6, "dark": 6}
+    assert (tmp_path / "checked" / "analysis" / "class_counts.png").stat().st_size > 0

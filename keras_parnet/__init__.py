@@ -29,6 +29,12 @@ from keras_parnet.runs import load_run
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "BUILDERS", "ChannelShuffle", "InterleaveChannels", "ParNet", "conv_bn",
+    "downsampling_block", "fusion_block", "load_run", "load_weights_file", "parnet_block",
+    "parnet_l", "parnet_m", "parnet_s", "parnet_xl", "sse", "stream",
+]
+
 # The tools' entry points, imported on first use.
 _LAZY = {
     "reparameterize": "keras_parnet.reparam",

@@ -36,3 +36,21 @@ def tiny_model():
     from keras_parnet import ParNet
 
     return randomize_batch_norm(ParNet(TINY_WIDTHS, classes=3, name="tiny"))
+
+
+def write_dark_bright_dataset(root, train_counts, test_counts, suffix=".jpg"):
+    """A two-class image folder a model learns in a few steps: noisy 40 px
+    images around gray level 40 (`dark`) and 210 (`bright`).
+
+    `train_counts` / `test_counts` are `(dark, bright)` image counts."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", train_counts), ("test", test_counts)):
+        for (name, level), count in zip((("dark", 40), ("bright", 210)), counts):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = np.clip(rng.normal(level, 20, (40, 40, 3)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{index}{suffix}")
+    return root

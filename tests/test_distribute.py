@@ -14,8 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS
-from PIL import Image
+from conftest import TINY_WIDTHS, write_dark_bright_dataset
 from test_train import InterruptAfter
 
 from keras_parnet import callbacks, distribute, runs
@@ -153,16 +152,7 @@ def run_cluster(tmp_path, worker_args):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Dark vs bright 40 px PNGs: 7 + 6 to train, 3 + 3 to test."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, counts in (("train", (7, 6)), ("test", (3, 3))):
-        for (name, level), count in zip((("dark", 40), ("bright", 210)), counts):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = np.clip(rng.normal(level, 20, (40, 40, 3)), 0, 255).astype("uint8")
-                Image.fromarray(pixels).save(folder / f"{index}.png")
-    return root
+    return write_dark_bright_dataset(tmp_path_factory.mktemp("data"), (7, 6), (3, 3), ".png")
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 import csv
 import json
-import re
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS
+from conftest import TINY_WIDTHS, write_dark_bright_dataset
 from PIL import Image
 
 from keras_parnet import callbacks, runs
@@ -19,16 +18,7 @@ TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Dark vs bright images: 6 train and 3 test per class."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("test", 3)):
-        for name, level in (("dark", 40), ("bright", 210)):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = np.clip(rng.normal(level, 20, (40, 40, 3)), 0, 255).astype("uint8")
-                Image.fromarray(pixels).save(folder / f"{index}.jpg")
-    return root
+    return write_dark_bright_dataset(tmp_path_factory.mktemp("data"), (6, 6), (3, 3))
 
 
 def history_rows(run_dir):

@@ -299,15 +299,28 @@ def _pil_decode(path):
         return np.asarray(image.convert("RGB"))
 
 
-def _load(path, decoder, size):
+def _resize_and_center_crop(image, size, crop_fraction):
+    """The timm/ImageNet evaluation transform: bilinear resize of the shorter
+    side to `floor(max(size) / crop_fraction)`, then a centered `size` crop."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = math.floor(max(size) / crop_fraction) / tf.reduce_min(shape)
+    resized_shape = tf.maximum(tf.cast(tf.floor(shape * scale), tf.int32), size)
+    image = tf.image.resize(image, resized_shape, method="bilinear", antialias=True)
+    return tf.image.resize_with_crop_or_pad(image, *size)
+
+
+def _load(path, decoder, size, crop_fraction=None):
     """Image file -> float32 `(*size, 3)` RGB in [0, 1].
 
     Decodes to integers with the scan's `decoder`, resizes (nearest neighbour
     only picks pixels, so the smaller integer image is resized), then scales
-    by 1/255 (1/65535 for 16-bit PNGs).
+    by 1/255 (1/65535 for 16-bit PNGs). With `crop_fraction` (converted
+    ImageNet runs) it scales first, then resizes and center-crops as timm does.
     """
 
     def resized(image):
+        if crop_fraction:
+            return _resize_and_center_crop(tf.image.convert_image_dtype(image, tf.float32), size, crop_fraction)
         return tf.image.convert_image_dtype(tf.image.resize(image, size, method=RESIZE_METHOD), tf.float32)
 
     def with_pillow():
@@ -323,12 +336,15 @@ def _load(path, decoder, size):
     ])
 
 
-def load_image(path, image_size):
+def load_image(path, image_size, crop_fraction=None):
     """Reads one image as the model sees it (what evaluation data holds).
 
     Args:
         path: an image file (jpg/jpeg/png/bmp/gif, any color mode).
         image_size: int or `(height, width)`.
+        crop_fraction: `None` to resize the whole image (training's way), or
+            the fraction of the shorter side kept by a center crop (the
+            official ImageNet evaluation uses 0.875).
 
     Returns:
         float32 array of shape `(height, width, 3)`, RGB in [0, 1].
@@ -339,7 +355,8 @@ def load_image(path, image_size):
     """
     decoder = check_image(path)
     try:
-        return _load(tf.constant(os.fspath(path)), tf.constant(decoder), image_size_pair(image_size)).numpy()
+        return _load(tf.constant(os.fspath(path)), tf.constant(decoder), image_size_pair(image_size),
+                     crop_fraction).numpy()
     except tf.errors.OpError as error:
         raise ImageError(f"{path} is corrupt ({_reason(error)}).") from None
 
@@ -461,7 +478,7 @@ def _augment(images, seed, augmentation):
 
 
 def make_dataset(split_dir, image_size, batch_size, class_names=None, training=False,
-                 augmentation=None, shuffle=None, seed=None, cache=False):
+                 augmentation=None, shuffle=None, seed=None, cache=False, crop_fraction=None):
     """A `tf.data` pipeline over one split, like `flow_from_directory`.
 
     Args:
@@ -477,6 +494,7 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         seed: makes shuffling and augmentation repeatable.
         cache: keep the decoded, resized images in memory after the first
             epoch (height * width * 12 bytes per image, twice while shuffling).
+        crop_fraction: see `load_image`.
 
     Returns:
         `(dataset, class_names, count)`: batches of (float32 images
@@ -497,7 +515,7 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         augmentation = Augmentation()
 
     def load(path, decoder, label):
-        return _load(path, decoder, size), tf.one_hot(label, len(class_names))
+        return _load(path, decoder, size, crop_fraction), tf.one_hot(label, len(class_names))
 
     data = tf.data.Dataset.from_tensor_slices((paths, decoders, labels))
     if shuffle and not cache:

@@ -372,7 +372,8 @@ def predict_split(model, split_dir, config, batch_size=32):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scan_split has named the unreadable files already
         dataset, _, _ = data.make_dataset(split_dir, config["image_size"], batch_size,
-                                          config["class_names"])
+                                          config["class_names"],
+                                          crop_fraction=config["preprocessing"].get("crop_fraction"))
     probabilities, labels = [], []
     for images, one_hot in dataset:
         probabilities.append(predict_probabilities(model, images, config["preprocessing"]))

@@ -29,9 +29,9 @@ DEFAULT_IMAGE_SIZE = 256
 # Where figures go when no window can open and --save-plots is not given.
 DEFAULT_PLOT_DIR = "predictions"
 BATCH_SIZE = 16
-# run.json `preprocessing` keys `normalize` applies; others (the official
-# ImageNet crop) would need load_image's support.
-SUPPORTED_PREPROCESSING = {"rescale", "mean", "std"}
+# run.json `preprocessing` keys applied: `normalize` takes rescale/mean/std,
+# `load_image` the official ImageNet crop (its resize is always bilinear).
+SUPPORTED_PREPROCESSING = {"rescale", "mean", "std", "crop_fraction", "interpolation"}
 
 
 class PredictError(ValueError):
@@ -87,7 +87,7 @@ def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, pre
     """
     from keras_parnet.data import load_image
 
-    image = load_image(path, image_size)
+    image = load_image(path, image_size, (preprocessing or {}).get("crop_fraction"))
     probabilities = predict_probabilities(model, image[np.newaxis], preprocessing)[0]
     return rank(probabilities, class_names, top_k)
 
@@ -102,6 +102,7 @@ def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH
     """
     from keras_parnet.data import ImageError, load_image
 
+    crop_fraction = (preprocessing or {}).get("crop_fraction")
     paths = iter(paths)
     while True:
         chunk = list(itertools.islice(paths, batch_size))
@@ -110,7 +111,7 @@ def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH
         loaded = []
         for path in chunk:
             try:
-                loaded.append((path, load_image(path, image_size), None))
+                loaded.append((path, load_image(path, image_size, crop_fraction), None))
             except ImageError as error:
                 loaded.append((path, None, str(error)))
         images = [image for _, image, _ in loaded if image is not None]
@@ -446,7 +447,7 @@ def predict_lines(model, config, stdin, reporter, interactive):
             if not path:
                 continue
             try:
-                image = load_image(path, config["image_size"])
+                image = load_image(path, config["image_size"], config["preprocessing"].get("crop_fraction"))
             except ImageError as error:
                 reporter.error(error)
                 continue

@@ -544,3 +544,28 @@ def test_make_demo_reproduces_the_committed_files(tmp_path):
         index = int(path.stem.split("_")[1])
         assert (index < 100) == (path.parent.name == "face")
         np.testing.assert_allclose(np.asarray(Image.open(path)) / 255, faces[index], atol=0.5 / 255 + 1e-9)
+
+
+def test_official_center_crop_matches_pillow_reference(tmp_path):
+    """crop_fraction 0.875 at 224: shorter side to floor(224 / 0.875) = 256 with
+    bilinear resampling, then the centered 224 x 224 (timm's evaluation)."""
+    rows, cols = np.mgrid[0:300, 0:450].astype(np.float32)
+    pixels = np.stack([rows / 300 * 255, cols / 450 * 255, (rows + cols) / 750 * 255], axis=-1)
+    path = tmp_path / "wide.png"
+    Image.fromarray(pixels.round().astype(np.uint8)).save(path)
+
+    resized = Image.open(path).resize((384, 256), Image.BILINEAR)  # 450 * 256 / 300 = 384
+    left, top = (384 - 224) // 2, (256 - 224) // 2
+    expected = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float32) / 255
+    cropped = data.load_image(path, 224, crop_fraction=0.875)
+    assert cropped.shape == (224, 224, 3)
+    np.testing.assert_allclose(cropped, expected, atol=2 / 255)
+    # Without a crop the whole image is squeezed into 224 x 224 instead.
+    assert np.abs(data.load_image(path, 224) - expected).max() > 0.05
+
+    split = tmp_path / "split"
+    (split / "a").mkdir(parents=True)
+    path.rename(split / "a" / "wide.png")
+    dataset, _, _ = data.make_dataset(split, 224, 1, crop_fraction=0.875)
+    images, _ = next(iter(dataset))
+    np.testing.assert_allclose(images[0], cropped, atol=1e-6)

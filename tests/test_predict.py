@@ -10,7 +10,7 @@ from conftest import TINY_WIDTHS, randomize_batch_norm
 from keras.src.legacy.saving import legacy_h5_format
 from PIL import Image
 
-from keras_parnet import predict, runs
+from keras_parnet import data, predict, runs
 
 SIZE = 32
 # Label order on purpose not sorted: label 0 is the dark class.
@@ -285,3 +285,20 @@ def test_clean_path(monkeypatch):
     assert predict.clean_path("  '~/a b.jpg'\n") == "/home/user/a b.jpg"
     assert predict.clean_path('"/x/y.png" ') == "/x/y.png"
     assert predict.clean_path("\n") == ""
+
+
+def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
+    """A run with the official ImageNet preprocessing: the model sees the
+    center crop of `load_image(..., crop_fraction)` normalized by mean/std."""
+    left = np.zeros((40, 80, 3), np.uint8)
+    left[:, :40] = 255  # white left half
+    path = tmp_path / "halves.png"
+    Image.fromarray(left).save(path)
+    preprocessing = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                     "crop_fraction": 0.875, "interpolation": "bilinear"}
+    model = known["model"]
+    ranked = predict.predict_image(model, path, CLASSES, SIZE, top_k=2, preprocessing=preprocessing)
+    cropped = data.load_image(path, SIZE, crop_fraction=0.875)
+    assert 0.3 < cropped[..., 0].mean() < 0.7  # the crop shows both halves
+    expected = model.predict(predict.normalize(cropped[np.newaxis], preprocessing), verbose=0)[0]
+    np.testing.assert_allclose([p for _, p in ranked], sorted(expected, reverse=True), atol=1e-6)

@@ -279,17 +279,19 @@ def train(args):
             if (run_dir / runs.RUN_FILE).exists():
                 raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
             training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
-            runs.write_run(run_dir, model_name, model_kwargs, settings["image_size"], class_names,
-                           training=training)
-        elif runs.read_run(run_dir)["class_names"] != class_names:
-            raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
+            config = runs.write_run(run_dir, model_name, model_kwargs, settings["image_size"], class_names,
+                                    training=training)
+        else:
+            config = runs.read_run(run_dir)
+            if config["class_names"] != class_names:
+                raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
         if args.analyze and chief:
             from keras_parnet.analyze import analyze_dataset, format_analysis
 
             print(format_analysis(analyze_dataset(dataset_dir, out_dir=run_dir / "analysis")), end="")
 
         # Start weights are read by the chief only: they reach every worker when training starts.
-        model = compiled_model(runs.read_run(run_dir), settings, strategy, args.weights if chief else None,
+        model = compiled_model(config, settings, strategy, args.weights if chief else None,
                                args.jit_compile)
         callbacks = training_callbacks(
             scratch or run_dir, settings["lr"], settings["lr_decay"], settings["patience"],

@@ -54,3 +54,66 @@ def write_dark_bright_dataset(root, train_counts, test_counts, suffix=".jpg"):
                 pixels = np.clip(rng.normal(level, 20, (40, 40, 3)), 0, 255).astype("uint8")
                 Image.fromarray(pixels).save(folder / f"{index}{suffix}")
     return root
+
+
+def _mount_tmpfs(path, options):
+    """Mounts a tmpfs at `path` (root only: CI and the dev machines run as
+    root); skips the test where mounting is not allowed."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    return path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only file system (chmod does not stop root)."""
+    import subprocess
+
+    path = _mount_tmpfs(tmp_path / "read_only", "size=1m,ro")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A folder on a file system with no space left."""
+    import subprocess
+
+    path = _mount_tmpfs(tmp_path / "full", "size=256k")
+    with open(path / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def run_cli(module, *args, cwd=None, env=None, timeout=600):
+    """Runs `python -m <module> args` in a fresh process, as a user would,
+    with no standard input; returns the `CompletedProcess` (text output)."""
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=environment,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, *words, status=2):
+    """The process exited with `status`, printed no traceback, and its last
+    stderr line is `error: ...` naming every one of `words`."""
+    assert result.returncode == status, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-2000:]
+    for word in words:
+        assert word in last, (word, last)
+    return last

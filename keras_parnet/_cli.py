@@ -1,0 +1,86 @@
+"""What every command line shares: warnings as plain lines, one-line errors,
+and output folders checked before any slow work."""
+
+import errno
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written."""
+
+
+def show_warnings_as_lines():
+    """Prints each warning as one `warning: <message>` line on stderr, without
+    the category and source line Python adds (those are for developers)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
+def describe_os_error(error):
+    """One line for an `OSError` met while reading or writing: the path, what
+    went wrong and what to do."""
+    path = error.filename or "a file"
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device of {path}: free some space or write somewhere else."
+    if error.errno == errno.EDQUOT:
+        return f"disk quota exceeded writing {path}: free some space or write somewhere else."
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: {error.strerror.lower()}; choose a writable folder."
+    if error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"{path}: {error.strerror.lower()}: a file and a folder share this path; choose another."
+    return f"{path}: {error.strerror or error}"
+
+
+def output_dir(path, flag):
+    """Creates folder `path` if needed and checks that files can be written
+    in it; `flag` names the option that chose it (e.g. `--logs-dir`).
+
+    Raises:
+        OutputError: the path is a file, or the folder cannot be created or
+            written (read-only, no permission, full disk).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a folder: pass a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)  # a full disk refuses data, not always an empty file
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as error:
+        if error.errno == errno.ENOTDIR:
+            raise OutputError(f"{flag} {path}: a parent of this folder is a file: pass a folder.") from None
+        raise OutputError(f"{flag} {path}: {describe_os_error(error)}") from None
+    return path
+
+
+def run_tool(body, expected_errors=()):
+    """Runs a tool's `body()` with plain warnings and one-line errors.
+
+    `expected_errors` (and `OSError`) become `error: <message>` on stderr and
+    exit code 2; Ctrl-C becomes exit code 130 without a traceback.
+
+    Returns:
+        The exit code: `body()`'s return value (`None` is 0), or 2 / 130.
+    """
+    show_warnings_as_lines()
+    try:
+        return body() or 0
+    except (OutputError, *expected_errors) as error:
+        message = str(error)
+    except OSError as error:
+        message = describe_os_error(error)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2

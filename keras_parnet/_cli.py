@@ -63,6 +63,24 @@ def output_dir(path, flag):
     return path
 
 
+def write_atomically(path, write):
+    """Calls `write(temporary_path)`, then renames the temporary file to
+    `path`: a full disk or a kill part way leaves any earlier `path` intact.
+
+    The temporary name ends like `path` (`.png`, `.weights.h5`), since
+    writers pick the format from it.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".partial-{path.name}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def run_tool(body, expected_errors=()):
     """Runs a tool's `body()` with plain warnings and one-line errors.
 

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,9 +57,11 @@ def write_dark_bright_dataset(root, train_counts, test_counts, suffix=".jpg"):
     return root
 
 
-def _mount_tmpfs(path, options):
-    """Mounts a tmpfs at `path` (root only: CI and the dev machines run as
-    root); skips the test where mounting is not allowed."""
+@contextlib.contextmanager
+def _mounted_tmpfs(path, options):
+    """Gives `path` with a tmpfs mounted on it, unmounted afterwards (root
+    only: CI and the dev machines run as root); skips the test where mounting
+    is not allowed."""
     import subprocess
 
     path.mkdir(parents=True, exist_ok=True)
@@ -66,34 +69,31 @@ def _mount_tmpfs(path, options):
                             capture_output=True, text=True)
     if result.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
-    return path
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A folder on a read-only file system (chmod does not stop root)."""
-    import subprocess
-
-    path = _mount_tmpfs(tmp_path / "read_only", "size=1m,ro")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    with _mounted_tmpfs(tmp_path / "read_only", "size=1m,ro") as path:
+        yield path
 
 
 @pytest.fixture
 def full_dir(tmp_path):
     """A folder on a file system with no space left."""
-    import subprocess
-
-    path = _mount_tmpfs(tmp_path / "full", "size=256k")
-    with open(path / "filler", "wb") as f:
+    with _mounted_tmpfs(tmp_path / "full", "size=256k") as path:
         try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+            with open(path / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
         except OSError:
             pass
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+        yield path
 
 
 def run_cli(module, *args, cwd=None, env=None, timeout=600):
@@ -117,3 +117,13 @@ def assert_one_line_error(result, *words, status=2):
     for word in words:
         assert word in last, (word, last)
     return last
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own 32 MB file system, for tests that fill it part way."""
+    import subprocess
+
+    path = _mount_tmpfs(tmp_path / "small_disk", "size=32m")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)

@@ -122,8 +122,5 @@ def assert_one_line_error(result, *words, status=2):
 @pytest.fixture
 def small_disk(tmp_path):
     """A folder on its own 32 MB file system, for tests that fill it part way."""
-    import subprocess
-
-    path = _mount_tmpfs(tmp_path / "small_disk", "size=32m")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    with _mounted_tmpfs(tmp_path / "small_disk", "size=32m") as path:
+        yield path

@@ -68,15 +68,18 @@ def write_atomically(path, write):
     `path`: a full disk or a kill part way leaves any earlier `path` intact.
 
     The temporary name ends like `path` (`.png`, `.weights.h5`), since
-    writers pick the format from it.
+    writers pick the format from it. An `OSError` that names no file (a
+    writer's failed `write` or `close`) is given `path`, for its message.
     """
     path = Path(path)
     temporary = path.with_name(f".partial-{path.name}")
     try:
         write(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)
         raise
     return path
 

@@ -17,8 +17,9 @@ The path of one image, shared by training, evaluation and prediction:
 JPEG, PNG and 24/32-bit BMP files are decoded by TensorFlow (JPEG with the
 accurate integer IDCT, so pixels equal Pillow's); GIF, palette or compressed
 BMP and files whose content is another format Pillow reads go through Pillow.
-Every file is checked before training (header, and a complete end of file),
-so unreadable files are skipped with one warning instead of failing an epoch.
+Every file is decoded once when a split is scanned (before training), so
+unreadable files, also those damaged inside behind a sound header and end, are
+named in one warning and left out; a class left without images stops the scan.
 """
 
 import concurrent.futures
@@ -44,7 +45,6 @@ FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 # Decoder indices that the scan finds for each file.
 JPEG, PNG, BMP, PILLOW = range(4)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 class DatasetError(ValueError):
@@ -56,8 +56,11 @@ class ImageError(ValueError):
 
 
 def _reason(error):
-    """The gist of a TensorFlow op error, without node and op names."""
-    return re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip().splitlines()[0].rstrip(".")
+    """The gist of a TensorFlow op error: its last line, without node and op
+    names (a graph's error starts with where the op was defined)."""
+    text = re.sub(r"\[\[.*?\]\]|\{\{.*?\}\}|\[Op:.*", "", error.message)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1].rstrip(".") if lines else type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,24 +152,65 @@ def _bmp_is_tensorflow_readable(head):
     return bits in (24, 32) and compression == 0
 
 
-def check_image(path):
-    """Checks that `path` is a complete image file.
+# JPEG start-of-frame markers (C4, C8 and CC are other segments).
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
-    Reads its first and last bytes; BMPs, files for Pillow and files without
-    the usual end marker (a JPEG or PNG with data appended, or truncated) are
-    decoded in full.
 
-    Returns:
-        Its decoder: `JPEG`, `PNG`, `BMP` (TensorFlow) or `PILLOW`.
+def _jpeg_size(file):
+    """`(width, height)` from the frame header of an open JPEG file, or
+    `None` if there is none before the image data."""
+    file.seek(2)
+    while True:
+        byte = file.read(1)
+        if not byte:
+            return None
+        if byte != b"\xff":
+            continue
+        marker = file.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = file.read(1)
+        if not marker or marker[0] in (0xD9, 0xDA):  # end of image, start of scan
+            return None
+        if marker[0] == 0x01 or 0xD0 <= marker[0] <= 0xD8:  # markers without a segment
+            continue
+        field = file.read(2)
+        length = struct.unpack(">H", field)[0] if len(field) == 2 else 0
+        if length < 2:
+            return None
+        if marker[0] in _JPEG_FRAME_MARKERS:
+            frame = file.read(5)  # precision, height, width
+            return struct.unpack_from(">HH", frame, 1)[::-1] if len(frame) == 5 else None
+        file.seek(length - 2, os.SEEK_CUR)
 
-    Raises:
-        ImageError: naming the file and what is wrong.
-    """
+
+def _claimed_size(file, head, decoder):
+    """`(width, height)` that the header of an image file claims, or `None`."""
+    if decoder == JPEG:
+        return _jpeg_size(file)
+    if decoder == PNG and head[12:16] == b"IHDR":
+        return struct.unpack_from(">II", head, 16)
+    if decoder == BMP:
+        width, height = struct.unpack_from("<ii", head, 18)
+        return abs(width), abs(height)
+    return None
+
+
+def _identify(path):
+    """The decoder of an image file from its header (see `check_image`), and
+    a check that the header does not claim too many pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         with open(path, "rb") as file:
             head = file.read(64)
-            file.seek(max(0, os.fstat(file.fileno()).st_size - len(_PNG_END)))
-            tail = file.read()
+            if head.startswith(b"\xff\xd8\xff"):
+                decoder = JPEG
+            elif head.startswith(_PNG_SIGNATURE):
+                decoder = PNG
+            elif head.startswith(b"BM") and len(head) >= 34 and _bmp_is_tensorflow_readable(head):
+                decoder = BMP
+            else:
+                decoder = PILLOW
+            size = _claimed_size(file, head, decoder)
     except FileNotFoundError:
         raise ImageError(f"{path} does not exist.") from None
     except IsADirectoryError:
@@ -174,29 +218,52 @@ def check_image(path):
     except OSError as error:
         raise ImageError(f"{path} cannot be read ({error.strerror}).") from None
 
-    if head.startswith(b"\xff\xd8\xff"):
-        decoder, complete = JPEG, tail.endswith(b"\xff\xd9")
-    elif head.startswith(_PNG_SIGNATURE):
-        decoder, complete = PNG, tail == _PNG_END
-    elif head.startswith(b"BM") and len(head) >= 34 and _bmp_is_tensorflow_readable(head):
-        decoder, complete = BMP, False
-    else:
+    if decoder == PILLOW:
         try:
-            Image.open(path).close()
+            with Image.open(path) as image:
+                size = image.size
+        except Image.DecompressionBombError as error:
+            raise ImageError(f"{path} is too large to decode ({str(error).rstrip('.')}): "
+                             f"shrink it or remove it.") from None
         except Exception:
             raise ImageError(f"{path} is not an image file (expected "
                              f"{'/'.join(ext[1:] for ext in IMAGE_EXTENSIONS)}).") from None
-        decoder, complete = PILLOW, False
-    if decoder == PILLOW:
-        try:
+    if size and limit and size[0] * size[1] > limit:
+        raise ImageError(f"{path} claims {size[0]}x{size[1]} pixels, more than the {limit} that are "
+                         f"decoded (PIL.Image.MAX_IMAGE_PIXELS, against decompression bombs): "
+                         f"shrink it or remove it.")
+    return decoder
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+def _decode_check(path, decoder):
+    # Returns pixels, not a shape, so that graph optimization cannot skip the decode.
+    return _load(path, decoder, (1, 1))
+
+
+def check_image(path):
+    """Checks that `path` is an image file that decodes, as training decodes it.
+
+    Reads the header, refuses images larger than `PIL.Image.MAX_IMAGE_PIXELS`
+    (decompression bombs), then decodes the file in full: a file damaged
+    inside can have a sound header and end, and only decoding finds that out.
+
+    Returns:
+        Its decoder: `JPEG`, `PNG`, `BMP` (TensorFlow) or `PILLOW`.
+
+    Raises:
+        ImageError: naming the file and what is wrong.
+    """
+    decoder = _identify(path)
+    try:
+        if decoder == PILLOW:
             _pil_decode(path)
-        except Exception as error:  # Pillow raises many types for damaged files.
-            raise ImageError(f"{path} is truncated or corrupt ({error}).") from None
-    elif not complete:
-        try:  # Decoding is the check; the size does not matter.
-            _load(tf.constant(os.fspath(path)), tf.constant(decoder), (1, 1))
-        except tf.errors.OpError as error:
-            raise ImageError(f"{path} is truncated or corrupt ({_reason(error)}).") from None
+        else:
+            _decode_check(tf.constant(os.fspath(path)), tf.constant(decoder))
+    except tf.errors.OpError as error:
+        raise ImageError(f"{path} is truncated or corrupt ({_reason(error)}).") from None
+    except Exception as error:  # Pillow raises many types for damaged files.
+        raise ImageError(f"{path} is truncated or corrupt ({error}).") from None
     return decoder
 
 
@@ -232,10 +299,12 @@ def _scan(split_dir, class_names=None):
     for label, (name, files) in enumerate(zip(class_names, per_class)):
         readable = [path for path in files if not isinstance(results[path], ImageError)]
         if not readable:
-            unreadable = f" ({len(files)} unreadable)" if files else ""
-            raise DatasetError(f"{os.path.join(split_dir, name)} has no readable images{unreadable}: "
-                               f"add {'/'.join(ext[1:] for ext in IMAGE_EXTENSIONS)} files "
-                               f"or remove the folder.")
+            extensions = "/".join(ext[1:] for ext in IMAGE_EXTENSIONS)
+            folder = os.path.join(split_dir, name)
+            if files:
+                raise DatasetError(f"{folder} has no readable images: its {len(files)} image file(s) cannot be "
+                                   f"decoded (named in the warning); replace them or remove the folder.")
+            raise DatasetError(f"{folder} has no readable images: add {extensions} files or remove the folder.")
         paths += readable
         labels += [label] * len(readable)
         decoders += [results[path] for path in readable]
@@ -270,8 +339,8 @@ def check_dataset(dataset_dir):
         The class names (shared by both splits) in label order.
 
     Raises:
-        DatasetError: a missing folder, a split without class folders, or
-            splits with different class folders.
+        DatasetError: a missing folder, a split without class folders or
+            with only one, or splits with different class folders.
     """
     dataset_dir = os.fspath(dataset_dir)
     if not os.path.isdir(dataset_dir):
@@ -279,6 +348,9 @@ def check_dataset(dataset_dir):
                            f"{os.path.join(dataset_dir, 'train')} and {os.path.join(dataset_dir, 'test')} "
                            f"with one subfolder of images per class.")
     train = find_classes(os.path.join(dataset_dir, "train"))
+    if len(train) < 2:
+        raise DatasetError(f"{os.path.join(dataset_dir, 'train')}: found 1 class folder ({train[0]}): "
+                           f"a classifier needs at least 2; add a folder of images per class.")
     test = find_classes(os.path.join(dataset_dir, "test"))
     if train != test:
         differences = [f"only in {split}: {', '.join(sorted(set(names) - set(other)))}"
@@ -358,7 +430,7 @@ def load_image(path, image_size, crop_fraction=None):
         return _load(tf.constant(os.fspath(path)), tf.constant(decoder), image_size_pair(image_size),
                      crop_fraction).numpy()
     except tf.errors.OpError as error:
-        raise ImageError(f"{path} is corrupt ({_reason(error)}).") from None
+        raise ImageError(f"{path} is truncated or corrupt ({_reason(error)}).") from None
 
 
 # --- Augmentation ---------------------------------------------------------------------------
@@ -520,9 +592,9 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
     data = tf.data.Dataset.from_tensor_slices((paths, decoders, labels))
     if shuffle and not cache:
         data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    # The scan leaves out unreadable files; one that still fails to decode
-    # (damaged inside, with a sound header and end) is dropped and the epoch
-    # filled up from the next pass, so an epoch never fails and keeps its length.
+    # The scan decoded every file; one that fails now was changed since. It is
+    # dropped (TensorFlow logs the error) and the epoch filled up from the next
+    # pass, so an epoch never fails and keeps its length.
     data = (data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
             .ignore_errors(log_warning=True).repeat().take(count))
     if cache:

@@ -1,13 +1,16 @@
 """The input pipeline against ImageDataGenerator, numpy references and Pillow."""
 
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_one_line_error, run_cli
 from keras_parnet import data
 from keras_parnet.data import Augmentation, DatasetError, ImageError
 
@@ -396,6 +399,77 @@ def test_jpegs_grayscale_cmyk_and_misnamed_equal_pillow(tmp_path):
         assert np.abs(loaded - reference / 255).mean() < 3 / 255, name
 
 
+def png_chunk(kind, content):
+    return struct.pack(">I", len(content)) + kind + content + struct.pack(">I", zlib.crc32(kind + content))
+
+
+def write_png(path, header, pixel_data):
+    """A PNG from its IHDR fields `(width, height, bit depth, color type)`
+    and its raw (filtered) pixel rows."""
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", *header, 0, 0, 0))
+                           + png_chunk(b"IDAT", zlib.compress(pixel_data)) + png_chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_more_formats_load_like_pillow(tmp_path):
+    rng = np.random.default_rng(12)
+    rgb = random_rgb(rng, 12, 16)
+    indices = Image.fromarray(rng.integers(0, 4, (12, 16), dtype=np.uint8), "P")
+    indices.putpalette(rng.integers(0, 256, 12).tolist())
+    paths = [
+        save(tmp_path / "progressive.jpg", rgb, quality=95, progressive=True),
+        save(tmp_path / "bilevel.png", Image.fromarray(rgb[..., 0] > 127)),
+        save(tmp_path / "transparent_palette.png", indices, transparency=0),
+        save(tmp_path / "rgba32.bmp", np.concatenate([rgb, rgb[..., :1]], axis=-1), "RGBA"),
+        save(tmp_path / "really_a_tiff.png", rgb, format="TIFF"),
+        save(tmp_path / "really_a_webp.jpg", rgb, format="WEBP", lossless=True),
+    ]
+    for path in paths:
+        with Image.open(path) as image:
+            expected = np.asarray(image.convert("RGB")) / np.float32(255)
+        np.testing.assert_allclose(data.load_image(path, (12, 16)), expected, atol=1e-6, err_msg=path)
+    rgb16 = rng.integers(0, 65536, (12, 16, 3), dtype=np.uint16)
+    path = write_png(tmp_path / "rgb16.png", (16, 12, 16, 2),
+                     b"".join(b"\0" + row.astype(">u2").tobytes() for row in rgb16))
+    np.testing.assert_allclose(data.load_image(path, (12, 16)), rgb16 / 65535, atol=1e-6)
+
+
+def test_images_claiming_too_many_pixels_are_skipped_and_named(tmp_path):
+    rng = np.random.default_rng(13)
+    good = [save(tmp_path / "a" / "good.png", random_rgb(rng, 8, 8))]
+    png = write_png(tmp_path / "a" / "bomb.png", (100000, 100000, 8, 2), bytes(100001))
+    jpeg = bytearray(Path(save(tmp_path / "a" / "bomb.jpg", random_rgb(rng, 8, 8))).read_bytes())
+    struct.pack_into(">HH", jpeg, jpeg.index(b"\xff\xc0") + 5, 65000, 65000)  # height, width
+    Path(tmp_path / "a" / "bomb.jpg").write_bytes(bytes(jpeg))
+    bmp = bytearray(Path(save(tmp_path / "a" / "bomb.bmp", random_rgb(rng, 8, 8))).read_bytes())
+    struct.pack_into("<ii", bmp, 18, 100000, 100000)
+    Path(tmp_path / "a" / "bomb.bmp").write_bytes(bytes(bmp))
+    gif = bytearray(Path(save(tmp_path / "a" / "bomb.gif", random_rgb(rng, 8, 8))).read_bytes())
+    struct.pack_into("<HH", gif, 6, 65535, 65535)  # the logical screen
+    Path(tmp_path / "a" / "bomb.gif").write_bytes(bytes(gif))
+    good.append(save(tmp_path / "b" / "good.jpg", random_rgb(rng, 8, 8)))
+    with pytest.warns(UserWarning) as record:
+        paths, _, _ = data.scan_split(tmp_path)
+    assert paths == good
+    (message,) = [str(warning.message) for warning in record]
+    assert message.startswith(f"Skipped 4 unreadable image file(s) in {tmp_path}:")
+    limit = f"more than the {Image.MAX_IMAGE_PIXELS} that are decoded"
+    assert f"{png} claims 100000x100000 pixels, {limit}" in message
+    assert f"{tmp_path / 'a' / 'bomb.jpg'} claims 65000x65000 pixels, {limit}" in message
+    assert f"{tmp_path / 'a' / 'bomb.bmp'} claims 100000x100000 pixels, {limit}" in message
+    assert f"{tmp_path / 'a' / 'bomb.gif'} is too large to decode" in message
+
+
+def test_the_pixel_limit_is_pillows(tmp_path, monkeypatch):
+    rng = np.random.default_rng(14)
+    small = save(tmp_path / "small.jpg", random_rgb(rng, 8, 8))
+    large = save(tmp_path / "large.jpg", random_rgb(rng, 8, 9))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64)
+    assert data.check_image(small) == data.JPEG
+    with pytest.raises(ImageError, match=f"^{large} claims 9x8 pixels, more than the 64 that are decoded"):
+        data.load_image(large, 8)
+
+
 # --- Bad data: one clear message each -----------------------------------------------------------
 
 
@@ -471,25 +545,87 @@ def test_unreadable_files_are_skipped_with_one_warning(damaged):
         dataset, _, count = data.make_dataset(split, 8, 2, class_names=["a"], training=True)
     assert count == 3 and len(all_batches(dataset)[0]) == 3
     with pytest.warns(UserWarning, match="Skipped 5"), \
-            pytest.raises(DatasetError, match=f"{split / 'b'} has no readable images \\(1 unreadable\\)"):
+            pytest.raises(DatasetError, match=f"{split / 'b'} has no readable images: its 1 image file"):
         data.scan_split(split)
 
 
-def test_damage_past_the_checks_does_not_stop_an_epoch(tmp_path):
+def damage_inside(path):
+    """Damages an image file behind a sound header and end, the way a bad disk
+    or copy does: a JPEG gets bytes no decoder accepts in the middle of its
+    image data, a PNG loses the second half of its data but keeps its end
+    chunk. Checks with Pillow that the file no longer decodes."""
+    content = bytearray(Path(path).read_bytes())
+    if content.startswith(b"\xff\xd8"):
+        scan = content.index(b"\xff\xda")
+        middle = (scan + len(content)) // 2
+        content[middle:middle + 16] = b"\xff\x81" * 8  # an undefined marker
+    else:
+        content = content[:len(content) // 2] + content[-12:]  # IEND
+    Path(path).write_bytes(bytes(content))
+    with pytest.raises(Exception):
+        with Image.open(path) as image:
+            image.convert("RGB")
+    return str(path)
+
+
+def test_a_class_whose_files_all_fail_to_decode_stops_the_scan(tmp_path):
     rng = np.random.default_rng(9)
-    for index in range(4):
-        save(tmp_path / "a" / f"{index}.png", random_rgb(rng, 16, 16))
-    content = bytearray((tmp_path / "a" / "2.png").read_bytes())
-    start = content.index(b"IDAT") + 8
-    content[start:start + 20] = bytes(20)  # a complete-looking PNG with broken pixel data
-    (tmp_path / "a" / "2.png").write_bytes(bytes(content))
-    with pytest.raises(ImageError, match=f"^{tmp_path / 'a' / '2.png'} is corrupt"):
-        data.load_image(tmp_path / "a" / "2.png", 8)
-    dataset, _, count = data.make_dataset(tmp_path, 8, batch_size=3, training=True, seed=0)
-    assert count == 4
-    for _ in range(2):
+    for folder in ("train/a", "test/a", "test/b"):
+        for index in range(2):
+            save(tmp_path / folder / f"{index}.jpg", random_rgb(rng, 32, 32))
+    damaged = [damage_inside(save(tmp_path / "train" / "b" / "0.jpg", random_rgb(rng, 32, 32))),
+               damage_inside(save(tmp_path / "train" / "b" / "1.png", random_rgb(rng, 32, 32)))]
+    assert Path(damaged[0]).read_bytes().endswith(b"\xff\xd9")
+    assert data.check_dataset(tmp_path) == ["a", "b"]  # the folders are fine
+    with pytest.warns(UserWarning) as record, pytest.raises(DatasetError) as error:
+        data.make_dataset(tmp_path / "train", 16, 2, ["a", "b"], training=True)
+    assert str(error.value) == (f"{tmp_path / 'train' / 'b'} has no readable images: its 2 image file(s) "
+                                "cannot be decoded (named in the warning); replace them or remove the folder.")
+    (message,) = [str(warning.message) for warning in record]
+    for path in damaged:
+        assert f"{path} is truncated or corrupt" in message
+
+
+def test_a_file_damaged_inside_is_named_and_training_uses_the_rest(tmp_path):
+    rng = np.random.default_rng(10)
+    good = [save(tmp_path / "a" / f"{index}.jpg", random_rgb(rng, 16, 16)) for index in range(3)]
+    damaged = damage_inside(save(tmp_path / "a" / "3.jpg", random_rgb(rng, 16, 16)))
+    good += [save(tmp_path / "b" / f"{index}.png", random_rgb(rng, 16, 16)) for index in range(3)]
+    with pytest.warns(UserWarning) as record:
+        dataset, _, count = data.make_dataset(tmp_path, 16, batch_size=4, training=True,
+                                              augmentation=only(), seed=0)
+    (message,) = [str(warning.message) for warning in record]
+    assert message.startswith(f"Skipped 1 unreadable image file(s) in {tmp_path}:")
+    assert f"{damaged} is truncated or corrupt (" in message
+    assert count == len(good) == 6
+    expected = {data.load_image(path, 16).tobytes(): int("/b/" in path) for path in good}
+    for _ in range(2):  # each epoch: every good image once, with its label
         images, labels = all_batches(dataset)
-        assert len(images) == len(labels) == 4 and np.isfinite(images).all()
+        assert sorted(image.tobytes() for image in images) == sorted(expected)
+        assert [expected[image.tobytes()] for image in images] == labels.argmax(axis=1).tolist()
+
+
+def test_a_single_class_is_refused(tmp_path):
+    for split in ("train", "test"):
+        save(tmp_path / "one" / split / "cats" / "1.png", np.zeros((4, 4), np.uint8), "L")
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'one' / 'train'}: found 1 class folder \\(cats\\): "
+                                           "a classifier needs at least 2; add a folder of images per class"):
+        data.check_dataset(tmp_path / "one")
+    save(tmp_path / "one" / "test" / "dogs" / "1.png", np.zeros((4, 4), np.uint8), "L")
+    with pytest.raises(DatasetError, match="found 1 class folder \\(cats\\)"):
+        data.check_dataset(tmp_path / "one")
+
+
+def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path):
+    rng = np.random.default_rng(11)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            save(tmp_path / "data" / split / name / "0.png", random_rgb(rng, 32, 32))
+    damaged = damage_inside(tmp_path / "data" / "train" / "b" / "0.png")
+    result = run_cli("keras_parnet.train", "--dataset", tmp_path / "data", "--logs-dir", tmp_path / "logs",
+                     "--epochs", "1", "--image-size", "32")
+    assert_one_line_error(result, str(tmp_path / "data" / "train" / "b"), "has no readable images")
+    assert f"{damaged} is truncated or corrupt" in result.stderr
 
 
 def test_load_image_errors_name_the_file(tmp_path):

@@ -13,6 +13,7 @@ folder.
 
 import argparse
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from keras_parnet._cli import output_dir, run_tool, write_atomically
 
 SPLITS = ("train", "test")
 # ParNet's minimum input size; smaller images are upsampled a lot.
@@ -157,11 +160,15 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
 
     Raises:
         DatasetError: a missing split or a split without class folders.
+        OutputError: `out_dir` cannot be written (a file, read-only, full);
+            checked before the images are read.
     """
     from keras_parnet import data
 
     dataset_dir = Path(dataset_dir)
     split_classes = {split: data.find_classes(dataset_dir / split) for split in SPLITS}
+    if out_dir is not None:
+        out_dir = output_dir(out_dir, "--out")
     messages = []
     try:
         data.check_dataset(dataset_dir)
@@ -209,12 +216,12 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
         "plots": {},
     }
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        plot_class_counts(counts, classes).savefig(out_dir / COUNTS_PLOT, dpi=110)
-        plot_image_sizes(sizes, min_size).savefig(out_dir / SIZES_PLOT, dpi=110)
+        for figure, name in ((plot_class_counts(counts, classes), COUNTS_PLOT),
+                             (plot_image_sizes(sizes, min_size), SIZES_PLOT)):
+            write_atomically(out_dir / name, functools.partial(figure.savefig, dpi=110))
         report["plots"] = {"class_counts": COUNTS_PLOT, "image_sizes": SIZES_PLOT}
-        (out_dir / ANALYSIS_JSON).write_text(json.dumps(report, indent=2) + "\n")
+        write_atomically(out_dir / ANALYSIS_JSON,
+                         lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     return report
 
 
@@ -319,14 +326,13 @@ def main(argv=None):
 
     dataset_dir = Path(args.dataset)
     out_dir = Path(args.out) if args.out else Path("analysis") / dataset_dir.resolve().name
-    try:
+
+    def analyze():
         report = analyze_dataset(dataset_dir, out_dir, args.min_size, args.imbalance)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_analysis(report), end="")
-    print(f"Plots and {ANALYSIS_JSON} in {out_dir}")
-    return 0
+        print(format_analysis(report), end="")
+        print(f"Plots and {ANALYSIS_JSON} in {out_dir}")
+
+    return run_tool(analyze, (DatasetError,))
 
 
 if __name__ == "__main__":

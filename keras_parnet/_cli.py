@@ -3,6 +3,7 @@ and output folders checked before any slow work."""
 
 import errno
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -51,11 +52,13 @@ def output_dir(path, flag):
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)  # a full disk refuses data, not always an empty file
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)  # a full disk refuses data, not always an empty file
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as error:
         if error.errno == errno.ENOTDIR:
             raise OutputError(f"{flag} {path}: a parent of this folder is a file: pass a folder.") from None
@@ -64,8 +67,9 @@ def output_dir(path, flag):
 
 
 def write_atomically(path, write):
-    """Calls `write(temporary_path)`, then renames the temporary file to
-    `path`: a full disk or a kill part way leaves any earlier `path` intact.
+    """Calls `write(temporary_path)`, then renames the temporary file (or
+    folder, e.g. a SavedModel) to `path`: a full disk or a kill part way
+    leaves any earlier `path` intact.
 
     The temporary name ends like `path` (`.png`, `.weights.h5`), since
     writers pick the format from it. An `OSError` that names no file (a
@@ -75,13 +79,28 @@ def write_atomically(path, write):
     temporary = path.with_name(f".partial-{path.name}")
     try:
         write(temporary)
-        os.replace(temporary, path)
+        if temporary.is_dir() and path.is_dir():
+            # A folder cannot be renamed over a non-empty one: the old one goes last.
+            previous = path.with_name(f".previous-{path.name}")
+            _remove(previous)
+            os.replace(path, previous)
+            os.replace(temporary, path)
+            _remove(previous)
+        else:
+            os.replace(temporary, path)
     except BaseException as error:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         if isinstance(error, OSError) and error.filename is None:
             error.filename = str(path)
         raise
     return path
+
+
+def _remove(path):
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def run_tool(body, expected_errors=()):

@@ -16,11 +16,12 @@ flatbuffer) and `onnx` (needs the `export` extra: `pip install
 float32; outputs are the class probabilities in run.json's label order.
 
 Grouped convolutions (the fusion blocks) run through a per-op XLA function in
-Keras' TensorFlow backend on CPU, which TFLite inlines but tf2onnx cannot convert
-and serving runtimes without XLA cannot run; the TensorFlow formats are
-therefore traced from a copy whose grouped convolutions call TensorFlow's native
-grouped `Conv2D` (a plain `Conv2D` in the SavedModel and TFLite, a `Conv` with
-`group=2` in ONNX).
+Keras' TensorFlow backend on CPU, which tf2onnx cannot convert and serving
+runtimes without XLA cannot run; the non-Keras formats are therefore traced from
+a copy whose grouped convolutions are TensorFlow ops: one convolution per group,
+concatenated, in the SavedModel and TFLite (TensorFlow's graph optimizer would
+fuse a grouped convolution and its bias into an op with no grouped kernel on
+CPUs where the oneDNN path is off), and one `Conv` with `group=2` in ONNX.
 """
 
 import argparse
@@ -63,35 +64,59 @@ def _input_spec(model):
     return tf.TensorSpec((None, *shape[1:]), tf.float32, name=INPUT_NAME)
 
 
-def _native_grouped_conv_class():
+def _tensorflow_conv_class(split_groups):
+    """A `Conv2D` on TensorFlow's own convolution op instead of Keras' XLA
+    wrapper for grouped convolutions.
+
+    With `split_groups`, each group is a convolution of its own and the
+    results are concatenated. A restored SavedModel's graph optimizer fuses a
+    convolution with the bias add after it into one op that has no grouped
+    kernel when TensorFlow's oneDNN path is off ("Fused conv implementation
+    does not support grouped convolutions"); with no grouped op left, every
+    fusion it can make has a kernel, whatever the CPU. The arithmetic is the
+    same, group by group.
+    """
     import keras
     import tensorflow as tf
 
-    class NativeGroupedConv2D(keras.layers.Conv2D):
-        """Conv2D calling `tf.nn.convolution` directly, not Keras' XLA wrapper."""
-
+    class TensorFlowConv2D(keras.layers.Conv2D):
         def convolution_op(self, inputs, kernel):
-            return tf.nn.convolution(
-                inputs,
-                kernel,
-                strides=self.strides,
-                padding=self.padding.upper(),
-                dilations=self.dilation_rate,
+            def convolve(x, k):
+                return tf.nn.convolution(
+                    x,
+                    k,
+                    strides=self.strides,
+                    padding=self.padding.upper(),
+                    dilations=self.dilation_rate,
+                )
+
+            if not split_groups:
+                return convolve(inputs, kernel)
+            return tf.concat(
+                [
+                    convolve(x, k)
+                    for x, k in zip(
+                        tf.split(inputs, self.groups, axis=-1),
+                        tf.split(kernel, self.groups, axis=-1),
+                    )
+                ],
+                axis=-1,
             )
 
-    return NativeGroupedConv2D
+    return TensorFlowConv2D
 
 
-def _traceable_copy(model):
-    """`model` with its grouped convolutions as native TensorFlow ops."""
+def _traceable_copy(model, split_groups):
+    """`model` with its grouped convolutions as TensorFlow ops (see
+    `_tensorflow_conv_class`)."""
     import keras
 
-    native_conv = _native_grouped_conv_class()
+    tensorflow_conv = _tensorflow_conv_class(split_groups)
 
     def clone_layer(layer):
         config = layer.get_config()
         if type(layer) is keras.layers.Conv2D and layer.groups > 1:
-            return native_conv.from_config(config)
+            return tensorflow_conv.from_config(config)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone_layer)
@@ -100,11 +125,19 @@ def _traceable_copy(model):
 
 
 def _check_output(path, format):
+    """`path` as a `Path`, once its format, suffix and folder are known good."""
+    from keras_parnet._cli import output_dir
+
     path = Path(path)
     if format not in FORMATS:
         raise ExportError(f"unknown export format '{format}': use one of {', '.join(FORMATS)}.")
     if format == "keras" and path.suffix != ".keras":
         raise ExportError(f"the keras format writes a .keras file, got {path}.")
+    if format == "savedmodel" and path.exists() and not path.is_dir():
+        raise ExportError(f"{path} is a file and a SavedModel is a folder: choose another --out.")
+    if format != "savedmodel" and path.is_dir():
+        raise ExportError(f"{path} is a folder and the {format} format writes a file: choose another --out.")
+    output_dir(path.parent, "the output folder")
     return path
 
 
@@ -135,19 +168,28 @@ def export_model(model, path, format):
 
     Raises:
         ExportError: unknown format, dynamic input size, `.keras` path without
-            that suffix, or the `export` extra missing for ONNX.
+            that suffix, a file where a folder goes (or the reverse), or the
+            `export` extra missing for ONNX.
+        keras_parnet._cli.OutputError: the output folder cannot be written.
     """
-    import tensorflow as tf
+    from keras_parnet._cli import write_atomically
 
     path = _check_output(path, format)
     spec = _input_spec(model)
     if format == "onnx":
-        tf2onnx = _require_onnx()
-    path.parent.mkdir(parents=True, exist_ok=True)
+        _require_onnx()
+    # A failed or interrupted export leaves any earlier artifact at `path` whole.
+    return write_atomically(path, lambda partial: _write(model, partial, format, spec))
+
+
+def _write(model, path, format, spec):
+    import tensorflow as tf
+
     if format == "keras":
         model.save(path)
-        return path
-    traceable = _traceable_copy(model)
+        return
+    # ONNX Runtime has grouped kernels for every fusion it makes: one grouped Conv there.
+    traceable = _traceable_copy(model, split_groups=format != "onnx")
     if format == "savedmodel":
         traceable.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
     elif format == "tflite":
@@ -164,10 +206,9 @@ def export_model(model, path, format):
         def serve(image):
             return traceable(image, training=False)
 
-        tf2onnx.convert.from_function(
+        _require_onnx().convert.from_function(
             serve, input_signature=[spec], opset=ONNX_OPSET, output_path=str(path)
         )
-    return path
 
 
 def load_artifact(path, format):
@@ -274,8 +315,8 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs"):
     if format == "onnx":
         _require_onnx()
     model, config = load_run(path, logs_dir=logs_dir)
+    out = _check_output(out if out is not None else default_output(config["weights"], format), format)
     fused = reparameterize(model)
-    out = Path(out) if out is not None else default_output(config["weights"], format)
     export_model(fused, out, format)
 
     batch = sample_batch(model)
@@ -334,22 +375,23 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Eager calls through Keras' per-op XLA grouped convolution warn about retracing.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    from keras_parnet._cli import run_tool
     from keras_parnet.runs import RunError
 
-    try:
-        out, report = export_run(args.weights, args.format, args.out, args.logs_dir)
-    except ArtifactMismatchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except (RunError, ExportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({args.format})")
-    print(
-        f"max abs difference from the trained model on {CHECK_BATCH_SIZE} random images: "
-        f"{report['artifact_diff']:.3g} (fused Keras model: {report['fused_diff']:.3g})"
-    )
-    return 0
+    def export_and_report():
+        try:
+            out, report = export_run(args.weights, args.format, args.out, args.logs_dir)
+        except ArtifactMismatchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {out} ({args.format})")
+        print(
+            f"max abs difference from the trained model on {CHECK_BATCH_SIZE} random images: "
+            f"{report['artifact_diff']:.3g} (fused Keras model: {report['fused_diff']:.3g})"
+        )
+        return 0
+
+    return run_tool(export_and_report, (RunError, ExportError))
 
 
 if __name__ == "__main__":

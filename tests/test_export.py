@@ -1,8 +1,11 @@
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, randomize_batch_norm
+from conftest import TINY_WIDTHS, assert_one_line_error, randomize_batch_norm, run_cli
 
 from keras_parnet import export, runs
 
@@ -70,6 +73,43 @@ def test_onnx_keeps_grouped_convolutions_grouped(trained_run):
     )
 
 
+def installed_formats():
+    try:
+        export._require_onnx()
+    except export.ExportError:
+        return [format for format in export.FORMATS if format != "onnx"]
+    return list(export.FORMATS)
+
+
+# Exports every format, each reloaded and checked by the CLI (exit 1 when the
+# artifact's outputs differ, 2 when it cannot be written or run).
+EXPORT_ALL = """
+import sys
+from keras_parnet import export
+run_dir, out_dir, *formats = sys.argv[1:]
+sys.exit(max(export.main([run_dir, "--format", format, "--out", out_dir + "/model" + export.SUFFIXES[format]])
+             for format in formats))
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_every_format_exports_and_reloads_with_onednn_off_and_on(trained_run, tmp_path, onednn):
+    """TensorFlow's oneDNN path is on by default on some CPUs and off on
+    others (AMD EPYC), and it decides which graph rewrites a reloaded
+    SavedModel gets: with it off, a grouped convolution followed by a bias add
+    was fused into an op with no grouped kernel. The variable is read when
+    TensorFlow starts, so each setting runs in a process of its own."""
+    formats = installed_formats()
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORT_ALL, str(trained_run[0]), str(tmp_path), *formats],
+        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == len(formats)
+    assert "Traceback" not in result.stderr
+
+
 def test_saved_model_runs_without_xla(trained_run):
     saved_model = exported(trained_run[0], "savedmodel")
     assert b"_XlaMustCompile" not in (saved_model / "saved_model.pb").read_bytes()
@@ -128,3 +168,45 @@ def test_help_documents_every_flag(capsys):
     help_text = capsys.readouterr().out
     for flag in ("WEIGHTS", "--format", "--out", "--logs-dir", "savedmodel", "tflite", "onnx"):
         assert flag in help_text
+
+
+@pytest.mark.parametrize("format", ["tflite", "savedmodel"])
+def test_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, format):
+    result = run_cli("keras_parnet.export", trained_run[0], "--format", format,
+                     "--out", read_only_dir / f"model{export.SUFFIXES[format]}")
+    assert_one_line_error(result, str(read_only_dir), "read-only")
+
+
+def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir):
+    previous = full_dir / "model.tflite"
+    previous.write_bytes(b"")  # an empty file still fits on the full disk
+    os.truncate(full_dir / "filler", (full_dir / "filler").stat().st_size - 4096)
+    previous.write_bytes(b"previous")
+    result = run_cli("keras_parnet.export", trained_run[0], "--format", "tflite", "--out", previous)
+    assert_one_line_error(result, str(full_dir), "no space left")
+    assert previous.read_bytes() == b"previous"
+    assert sorted(path.name for path in full_dir.iterdir()) == ["filler", "model.tflite"]
+
+
+@pytest.mark.parametrize("format, kind", [("savedmodel", "file"), ("tflite", "folder")])
+def test_output_path_of_the_wrong_kind_is_refused(trained_run, tmp_path, capsys, format, kind):
+    out = tmp_path / "taken"
+    out.mkdir() if kind == "folder" else out.write_text("keep me")
+    assert export.main([str(trained_run[0]), "--format", format, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and f"is a {kind}" in error and error.count("\n") == 1
+    assert out.is_dir() if kind == "folder" else out.read_text() == "keep me"
+
+
+def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path, monkeypatch):
+    previous = tmp_path / "model.tflite"
+    previous.write_bytes(b"previous")
+
+    def write_half_then_fail(model, path, format, spec):
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_write", write_half_then_fail)
+    assert export.main([str(trained_run[0]), "--format", "tflite", "--out", str(previous)]) == 130
+    assert previous.read_bytes() == b"previous"
+    assert [path.name for path in tmp_path.iterdir()] == ["model.tflite"]

@@ -13,7 +13,6 @@ weights; nothing re-derives class names or sizes from folders.
 
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,14 +36,14 @@ def image_size_pair(image_size):
 
 
 def new_run_dir(logs_dir, model_name):
-    """Creates and returns `logs_dir/<timestamp>-<model_name>` (unique)."""
+    """An unused `logs_dir/<timestamp>-<model_name>`, not created yet (a run
+    that fails to start leaves no folder behind)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(logs_dir) / f"{stamp}-{model_name}"
     run_dir, suffix = base, 1
     while run_dir.exists():
         suffix += 1
         run_dir = Path(f"{base}-{suffix}")
-    run_dir.mkdir(parents=True)
     return run_dir
 
 
@@ -59,10 +58,15 @@ def _versions():
 
 def write_run(run_dir, model_name, model_kwargs, image_size, class_names,
               preprocessing=None, command=None, **extra):
-    """Writes `run_dir/run.json` atomically and returns its content.
+    """Writes `run_dir/run.json` (see `run_config`) and returns its content."""
+    return save_run(run_dir, run_config(model_name, model_kwargs, image_size, class_names,
+                                        preprocessing, command, **extra))
+
+
+def run_config(model_name, model_kwargs, image_size, class_names, preprocessing=None, command=None, **extra):
+    """The content of a run.json.
 
     Args:
-        run_dir: the run folder (created if needed).
         model_name: a builder name (`"parnet_s"`, ...) or `"ParNet"` with
             `model_kwargs["widths"]`.
         model_kwargs: builder arguments other than `input_shape` and `classes`.
@@ -72,9 +76,7 @@ def write_run(run_dir, model_name, model_kwargs, image_size, class_names,
         command: the command line (default: this process's).
         **extra: further JSON-serialisable entries (e.g. training settings).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
+    return {
         "model": model_name,
         "model_kwargs": dict(model_kwargs),
         "image_size": image_size_pair(image_size),
@@ -85,9 +87,16 @@ def write_run(run_dir, model_name, model_kwargs, image_size, class_names,
         "command": command if command is not None else " ".join(sys.argv),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    temporary = run_dir / f".{RUN_FILE}.tmp"
-    temporary.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(temporary, run_dir / RUN_FILE)
+
+
+def save_run(run_dir, config):
+    """Writes `config` to `run_dir/run.json` atomically (creating the
+    folder if needed) and returns it."""
+    from keras_parnet._cli import write_atomically
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir / RUN_FILE, lambda temporary: temporary.write_text(json.dumps(config, indent=2) + "\n"))
     return config
 
 

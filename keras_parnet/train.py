@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,6 +43,11 @@ DEMO_SETTINGS = {
     "image_size": 32,
     "epochs": 15,
 }
+MIN_IMAGE_SIZE = 32  # ParNet's five stride-2 stages
+MAX_IMAGE_SIZE = 2048  # one 2048 px image already takes gigabytes of activations in training
+# Settings that fix the network's shape: a resumed run keeps its own.
+ARCHITECTURE_FLAGS = {"model": "--model", "widths": "--widths", "image_size": "--image-size",
+                      "small_input": "--small-input"}
 
 
 class TrainError(ValueError):
@@ -152,11 +158,39 @@ def augmentation_from_args(args):
     )
 
 
-def resolve_settings(args, needs_backup=True):
+def check_flags(args):
+    """Refuses flag values that cannot train, before any slow work."""
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise TrainError(f"--lr {args.lr} is not a positive learning rate: pass e.g. --lr 1e-3.")
+    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
+        raise TrainError(f"--lr-decay {args.lr_decay} is outside (0, 1]: it multiplies the learning rate "
+                         "once per epoch; pass e.g. 0.95, or 1 for a constant rate.")
+    if args.epochs is not None and args.epochs < 1:
+        raise TrainError(f"--epochs {args.epochs}: train at least 1 epoch.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise TrainError(f"--batch-size {args.batch_size}: a step needs at least 1 image.")
+    if args.patience is not None and args.patience < 0:
+        raise TrainError(f"--patience {args.patience} is negative: pass the number of epochs without a "
+                         "lower val_loss to wait before stopping (0 or more).")
+    if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise TrainError(f"--image-size {args.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} px "
+                         f"(ParNet's minimum, and the largest this tool trains at): pass e.g. 256.")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise TrainError(f"--dropout {args.dropout} is outside [0, 1): pass the fraction of features dropped.")
+
+
+def _as_flag(flag, value):
+    if value is True:
+        return flag
+    if value is None or value is False:
+        return f"no {flag}"
+    return " ".join([flag, *map(str, value if isinstance(value, list) else [value])])
+
+
+def resolve_settings(args):
     """Merges, lowest first: the defaults, the demo settings (when training on
-    the demo) or a resumed run's settings, then the flags given. A resumed run
-    must hold its backup unless `needs_backup` is false (a worker that is not
-    the chief gets the chief's state)."""
+    the demo) or a resumed run's settings, then the flags given. A resumed
+    run's architecture flags cannot change."""
     from keras_parnet.runs import find_latest_run, read_run
 
     settings = dict(DEFAULTS)
@@ -164,8 +198,11 @@ def resolve_settings(args, needs_backup=True):
     if args.resume:
         run_dir = find_latest_run(args.logs_dir) if args.resume == "latest" else Path(args.resume)
         settings.update(read_run(run_dir).get("training", {}))
-        if needs_backup and not (run_dir / "backup").is_dir():
-            raise TrainError(f"{run_dir} has no backup/ to resume from: that run finished.")
+        for key, flag in ARCHITECTURE_FLAGS.items():
+            given = getattr(args, key)
+            if given is not None and given != settings[key]:
+                raise TrainError(f"{run_dir} was trained with {_as_flag(flag, settings[key])}, not "
+                                 f"{_as_flag(flag, given)}: drop {flag} to resume it, or start a new run.")
     elif args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir()):
         if not args.demo:
             print(f"{DEFAULT_DATASET} not found: training on the embedded demo dataset "
@@ -256,60 +293,96 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
 
 def train(args):
     """Runs one training; returns `(run folder, trained model)`. A worker of a
-    cluster that is not the chief returns `None` as its run folder."""
-    from keras_parnet import data, distribute, runs
-    from keras_parnet.callbacks import training_callbacks
+    cluster that is not the chief returns `None` as its run folder.
+
+    A run that fails or is interrupted before its first epoch is recorded
+    leaves no run folder behind."""
+    check_flags(args)
+    settings, run_dir = resolve_settings(args)
+    from keras_parnet import _cli, data, distribute, runs
+    from keras_parnet.callbacks import HISTORY_FILE, read_backup, training_callbacks
 
     enable_gpu_memory_growth()
     strategy = distribute.make_strategy(args.strategy)  # before any other TensorFlow op
     chief = distribute.is_chief(strategy)
-    settings, run_dir = resolve_settings(args, needs_backup=chief)
-    if settings["image_size"] < 32:
-        raise TrainError(f"--image-size {settings['image_size']} is below ParNet's 32 px minimum.")
+    if run_dir is not None and chief:
+        epochs_done, _ = read_backup(run_dir)
+        if settings["epochs"] <= epochs_done:
+            raise TrainError(f"nothing to do: the run {run_dir} has {epochs_done} epochs done; "
+                             f"pass a larger --epochs than {settings['epochs']}.")
     dataset_dir = Path(settings["dataset"])
     class_names = data.check_dataset(dataset_dir)
+    if run_dir is None and chief:
+        _cli.output_dir(args.logs_dir, "--logs-dir")
     augmentation = augmentation_from_args(args)
     train_data, test_data = distributed_datasets(settings, args, dataset_dir, class_names, augmentation, strategy)
 
     model_name, model_kwargs = model_spec(settings)
     with distribute.scratch_dir_unless_chief(strategy) as scratch:
-        if run_dir is None:
+        new_run = run_dir is None
+        if new_run:
             run_dir = scratch or (Path(args.logs_dir) / args.run_name if args.run_name
                                   else runs.new_run_dir(args.logs_dir, model_name))
             if (run_dir / runs.RUN_FILE).exists():
                 raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
             training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
-            config = runs.write_run(run_dir, model_name, model_kwargs, settings["image_size"], class_names,
-                                    training=training)
+            config = runs.run_config(model_name, model_kwargs, settings["image_size"], class_names,
+                                     training=training)
         else:
             config = runs.read_run(run_dir)
             if config["class_names"] != class_names:
                 raise TrainError(f"{dataset_dir} has other classes than the run {run_dir} being resumed.")
-        if args.analyze and chief:
-            from keras_parnet.analyze import analyze_dataset, format_analysis
-
-            print(format_analysis(analyze_dataset(dataset_dir, out_dir=run_dir / "analysis")), end="")
-
-        # Start weights are read by the chief only: they reach every worker when training starts.
-        model = compiled_model(config, settings, strategy, args.weights if chief else None,
-                               args.jit_compile)
-        callbacks = training_callbacks(
-            scratch or run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
-            args.restore_best_weights, args.tensorboard_dir if chief else None)
-        print(f"Run folder: {run_dir}" if chief else
-              f"The chief writes the run folder; this worker writes to {scratch} (removed at the end).")
+        created = new_run and not run_dir.exists()
         try:
+            if args.analyze and chief:
+                from keras_parnet.analyze import analyze_dataset, format_analysis
+
+                print(format_analysis(analyze_dataset(dataset_dir, out_dir=run_dir / "analysis")), end="")
+            # Start weights are read by the chief only: they reach every worker when training starts.
+            model = compiled_model(config, settings, strategy, args.weights if chief else None,
+                                   args.jit_compile)
+            if new_run:
+                runs.save_run(run_dir, config)
+            callbacks = training_callbacks(
+                scratch or run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
+                args.restore_best_weights, args.tensorboard_dir if chief else None)
+            print(f"Run folder: {run_dir}" if chief else
+                  f"The chief writes the run folder; this worker writes to {scratch} (removed at the end).")
+            # The datasets shuffle themselves; fit's own shuffle does not apply to them.
             history = model.fit(train_data, validation_data=test_data, epochs=settings["epochs"],
-                                callbacks=callbacks)
-        except KeyboardInterrupt:
-            resume = run_dir if chief else "<the chief's run folder>"
-            print(f"\nInterrupted. Completed epochs are saved; continue with:\n"
-                  f"  python train.py --resume {resume}", file=sys.stderr)
-            raise SystemExit(130) from None
+                                callbacks=callbacks, shuffle=False)
+        except BaseException as error:
+            kept = not created or (run_dir / HISTORY_FILE).exists()
+            if not kept:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            resume_dir = (run_dir if chief else "<the chief's run folder>") if kept else None
+            raise stopped_training(error, resume_dir, settings) from None
     if not chief:
         return None, model
     summarize(history.history, run_dir)
     return run_dir, model
+
+
+def stopped_training(error, run_dir, settings):
+    """What to raise when training stopped on `error`: a message saying what
+    the run folder `run_dir` kept (`None`: nothing kept) and how to continue."""
+    from keras_parnet._cli import describe_os_error
+    from keras_parnet.callbacks import TrainingDiverged
+
+    resume = f"python train.py --resume {run_dir}"
+    if isinstance(error, KeyboardInterrupt):
+        print("\nInterrupted. " + (f"Completed epochs are saved; continue with:\n  {resume}" if run_dir else
+                                   "No epoch was completed: nothing is saved."), file=sys.stderr)
+        return SystemExit(130)
+    if isinstance(error, TrainingDiverged):
+        lower = f"--lr {settings['lr'] / 10:g}"
+        if run_dir:
+            return TrainError(f"{error}: training stopped and the epoch was not recorded. Continue from the last "
+                              f"good epoch with a lower learning rate: {resume} {lower}")
+        return TrainError(f"{error}: training stopped and nothing is saved; try a lower learning rate ({lower}).")
+    if isinstance(error, OSError) and run_dir:
+        return TrainError(f"{describe_os_error(error)} Completed epochs are saved; continue with: {resume}")
+    return error
 
 
 def summarize(history, run_dir):
@@ -327,15 +400,14 @@ def summarize(history, run_dir):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_parnet._cli import run_tool
     from keras_parnet.data import DatasetError
     from keras_parnet.runs import RunError
 
-    try:
+    def body():
         train(args)
-    except (DatasetError, RunError, TrainError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool(body, (DatasetError, RunError, TrainError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

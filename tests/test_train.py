@@ -42,15 +42,23 @@ class InterruptAfter(keras.callbacks.Callback):
 
 
 def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, monkeypatch, capsys):
-    """One run of 4 epochs, stopped by Ctrl-C after epoch 2 and resumed (the
-    two sessions share one tracing budget, so every check is on this run)."""
+    """One run of 4 epochs, checked by --analyze first, stopped by Ctrl-C
+    after epoch 2 and resumed (the two sessions share one tracing budget, so
+    every check is on this run)."""
     original = callbacks.training_callbacks
     monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [InterruptAfter(2)])
     with pytest.raises(SystemExit) as stop:
-        run_train(dataset, tmp_path, "--epochs", "4", "--run-name", "r")
+        run_train(dataset, tmp_path, "--epochs", "4", "--run-name", "r", "--analyze")
     assert stop.value.code == 130
-    assert "python train.py --resume" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "python train.py --resume" in err
+    counts = [line.split() for line in out.splitlines() if line.split()[:1] in (["bright"], ["dark"])]
+    assert counts == [["bright", "6", "3"], ["dark", "6", "3"]]
+    assert out.index("bright") < out.index("Epoch 1/4")  # the dataset is checked before training
     run_dir = tmp_path / "r"
+    analysis = json.loads((run_dir / "analysis" / "analysis.json").read_text())
+    assert analysis["counts"]["train"] == {"bright": 6, "dark": 6}
+    assert (run_dir / "analysis" / "class_counts.png").stat().st_size > 0
     assert [int(row["epoch"]) for row in history_rows(run_dir)] == [0, 1]
     assert (run_dir / "backup").is_dir()
     first_session = set(run_dir.glob("ep*.weights.h5"))
@@ -124,15 +132,3 @@ def test_bad_datasets_stop_before_training(tmp_path, capsys, layout, message):
     assert status == 2
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
     assert not (tmp_path / "logs").exists()
-
-
-def test_analyze_runs_before_training(dataset, tmp_path, capsys):
-    status = main(["--dataset", str(dataset), "--logs-dir", str(tmp_path), *TINY_ARGS,
-                   "--analyze", "--epochs", "0", "--run-name", "checked"])
-    assert status == 0
-    out = capsys.readouterr().out
-    counts = [line.split() for line in out.splitlines() if line.split()[:1] in (["bright"], ["dark"])]
-    assert counts == [["bright", "6", "3"], ["dark", "6", "3"]]
-    analysis = json.loads((tmp_path / "checked" / "analysis" / "analysis.json").read_text())
-    assert analysis["counts"]["train"] == {"bright": 6, "dark": 6}
-    assert (tmp_path / "checked" / "analysis" / "class_counts.png").stat().st_size > 0

@@ -1,0 +1,277 @@
+"""train.py under faults: kills and Ctrl-C at the end of an epoch, a loss
+that turns NaN, a disk that fills up, bad flags and output folders, failed
+starts, and resumes that cannot work.
+
+The kill tests run train.py's `main` in a subprocess (a driver script) that
+signals its own process at the moment that hurts: right after an epoch's
+checkpoint is written, or half way through the backup write. Training is
+eager there: a few tiny steps run faster than tracing them."""
+
+import csv
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+from conftest import TINY_WIDTHS, assert_one_line_error, write_dark_bright_dataset
+
+from keras_parnet import callbacks, runs
+from keras_parnet.train import main
+
+TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
+
+# argv: FAULT TRAIN_ARGS... where FAULT is "none", "<kind>:<epoch>" or
+# "fill-disk:<epoch>:<file>" (fill the file's file system as that epoch begins).
+DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import keras
+    from keras_parnet import callbacks, train
+
+    fault, *args = sys.argv[1:]
+    kind, _, rest = fault.partition(":")
+    epoch, _, filler = rest.partition(":")
+    epoch = int(epoch or 0)
+
+    compiled_model = train.compiled_model
+    def eager_model(*a, **k):
+        model = compiled_model(*a, **k)
+        model.run_eagerly = True
+        return model
+    train.compiled_model = eager_model
+
+    save_weights = callbacks.save_weights
+    def faulty_save_weights(model, path):
+        path = Path(path)
+        if kind == "sigkill-in-backup" and path.name == callbacks.BACKUP_WEIGHTS.format(epoch=epoch):
+            partial = path.with_name(callbacks.PARTIAL_PREFIX + path.name)
+            model.save_weights(partial)
+            os.truncate(partial, partial.stat().st_size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        save_weights(model, path)
+        if kind.endswith("-after-checkpoint") and path.name.startswith(f"ep{epoch:03d}-"):
+            os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill-after-checkpoint" else signal.SIGINT)
+    callbacks.save_weights = faulty_save_weights
+
+    class FillDisk(keras.callbacks.Callback):
+        def on_epoch_begin(self, index, logs=None):
+            if index + 1 == epoch:
+                with open(filler, "wb") as f:
+                    try:
+                        while True:
+                            f.write(bytes(1 << 16))
+                    except OSError:
+                        pass
+    if kind == "fill-disk":
+        training_callbacks = callbacks.training_callbacks
+        callbacks.training_callbacks = lambda *a, **k: training_callbacks(*a, **k) + [FillDisk()]
+
+    sys.exit(train.main(args))
+""")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Dark vs bright images: 4 train and 2 test per class (2 steps an epoch)."""
+    return write_dark_bright_dataset(tmp_path_factory.mktemp("data"), (4, 4), (2, 2))
+
+
+def drive(tmp_path, fault, *args):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    return subprocess.run([sys.executable, str(driver), fault, *map(str, args)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=900)
+
+
+def recorded(run_dir):
+    """`(history epochs, checkpoint epochs, backup files)`, epochs counted
+    from 1, each as often as it is recorded. Every history row must have the
+    checkpoint its values name."""
+    with open(run_dir / callbacks.HISTORY_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        name = callbacks.EPOCH_WEIGHTS.format(epoch=int(row["epoch"]) + 1, loss=float(row["loss"]),
+                                              val_loss=float(row["val_loss"]))
+        assert (run_dir / name).is_file(), name
+    checkpoints = sorted(int(path.name[2:5]) for path in run_dir.glob("ep*.weights.h5"))
+    backup = run_dir / callbacks.BACKUP_DIR
+    backups = sorted(path.name for path in backup.iterdir()) if backup.is_dir() else None
+    return [int(row["epoch"]) + 1 for row in rows], checkpoints, backups
+
+
+def weights_are_finite(path):
+    values = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: values.append(item[()]) if isinstance(item, h5py.Dataset) else None)
+    return bool(values) and all(np.isfinite(value).all() for value in values if value.dtype.kind == "f")
+
+
+def assert_no_traceback(result):
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+
+
+def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
+    """One 4-epoch run, stopped four times at the moments that hurt, then
+    resumed to the end."""
+    run_dir = tmp_path / "logs" / "r"
+    start = ["--dataset", dataset, *TINY_ARGS, "--epochs", "4", "--logs-dir", tmp_path / "logs", "--run-name", "r"]
+
+    # Ctrl-C right after epoch 2's checkpoint: the epoch's other writes finish first.
+    result = drive(tmp_path, "sigint-after-checkpoint:2", *start)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert_no_traceback(result)
+    assert f"python train.py --resume {run_dir}" in result.stderr
+    assert recorded(run_dir) == ([1, 2], [1, 2], ["epoch002.weights.h5"])
+
+    # kill -9 right after epoch 3's checkpoint: its history row and backup are missing.
+    result = drive(tmp_path, "sigkill-after-checkpoint:3", "--resume", run_dir)
+    assert result.returncode == -9, result.stderr[-3000:]
+    assert "Epoch 3/4" in result.stdout and "Epoch 2/4" not in result.stdout
+    assert recorded(run_dir) == ([1, 2], [1, 2, 3], ["epoch002.weights.h5"])
+
+    # kill -9 half way through epoch 3's backup: the resume rolled the first
+    # epoch 3 back, so epoch 3 is recorded once, and the old backup is intact.
+    result = drive(tmp_path, "sigkill-in-backup:3", "--resume", run_dir)
+    assert result.returncode == -9, result.stderr[-3000:]
+    assert recorded(run_dir) == ([1, 2, 3], [1, 2, 3], [".partial-epoch003.weights.h5", "epoch002.weights.h5"])
+
+    # A loss that turns NaN stops the run without recording the epoch.
+    result = drive(tmp_path, "none", "--resume", run_dir, "--lr", "1e30")
+    assert_one_line_error(result, "not finite in epoch 3", f"--resume {run_dir}", "--lr")
+    assert recorded(run_dir) == ([1, 2], [1, 2], ["epoch002.weights.h5"])
+    assert weights_are_finite(run_dir / runs.BEST_WEIGHTS)
+
+    result = drive(tmp_path, "none", "--resume", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_no_traceback(result)
+    assert "Epoch 3/4" in result.stdout and "Epoch 2/4" not in result.stdout
+    assert recorded(run_dir) == ([1, 2, 3, 4], [1, 2, 3, 4], None)
+    assert not list(run_dir.rglob(f"{callbacks.PARTIAL_PREFIX}*"))
+    with open(run_dir / callbacks.HISTORY_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for k, row in enumerate(rows):
+        assert float(row["learning_rate"]) == pytest.approx(1e-3 * 0.95**k, rel=1e-6)
+    best = min(rows, key=lambda row: float(row["val_loss"]))
+    best_checkpoint = next(run_dir.glob(f"ep{int(best['epoch']) + 1:03d}-*.weights.h5"))
+    assert (run_dir / runs.BEST_WEIGHTS).read_bytes() == best_checkpoint.read_bytes()
+
+
+def test_full_disk_mid_training_stops_with_one_line_and_resumes(dataset, tmp_path, small_disk):
+    run_dir = small_disk / "r"
+    filler = small_disk / "filler"
+    result = drive(tmp_path, f"fill-disk:2:{filler}", "--dataset", dataset, *TINY_ARGS, "--epochs", "2",
+                   "--logs-dir", small_disk, "--run-name", "r", "--tensorboard-dir", tmp_path / "tensorboard")
+    assert_one_line_error(result, "no space left", "ep002-", f"--resume {run_dir}")
+    assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
+    assert not list(run_dir.rglob(f"{callbacks.PARTIAL_PREFIX}*"))
+
+    filler.unlink()
+    result = drive(tmp_path, "none", "--resume", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert recorded(run_dir) == ([1, 2], [1, 2], None)
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--lr", "nan", ["--lr nan", "positive"]),
+    ("--lr", "inf", ["--lr inf"]),
+    ("--lr", "0", ["--lr 0.0"]),
+    ("--lr-decay", "0", ["--lr-decay 0.0", "(0, 1]"]),
+    ("--lr-decay", "1.5", ["--lr-decay 1.5"]),
+    ("--epochs", "0", ["--epochs 0", "at least 1"]),
+    ("--image-size", "100000", ["--image-size 100000", "2048"]),
+    ("--image-size", "16", ["--image-size 16", "32"]),
+    ("--batch-size", "0", ["--batch-size 0"]),
+    ("--patience", "-1", ["--patience -1"]),
+])
+def test_bad_flags_are_refused_before_training(dataset, tmp_path, capsys, flag, value, words):
+    status = main(["--dataset", str(dataset), "--logs-dir", str(tmp_path / "logs"), *TINY_ARGS, flag, value])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    for word in words:
+        assert word in error, (word, error)
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("place", ["file", "read_only", "full"])
+def test_logs_dir_that_cannot_be_written_is_refused(dataset, tmp_path, capsys, request, place):
+    if place == "file":
+        logs = tmp_path / "logs"
+        logs.write_text("not a folder")
+    else:
+        logs = request.getfixturevalue(f"{place}_dir") / "logs"
+    status = main(["--dataset", str(dataset), "--logs-dir", str(logs), *TINY_ARGS])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("error: --logs-dir ") and error.count("\n") == 1, error
+
+
+def test_start_weights_that_do_not_fit_leave_no_run_folder(dataset, tmp_path, capsys):
+    from keras_parnet import ParNet
+
+    other = tmp_path / "three_classes.weights.h5"
+    ParNet(TINY_WIDTHS, input_shape=(32, 32, 3), classes=3).save_weights(other)
+    status = main(["--dataset", str(dataset), "--logs-dir", str(tmp_path / "logs"), *TINY_ARGS,
+                   "--weights", str(other)])
+    error = capsys.readouterr().err
+    assert status == 2
+    last = error.strip().splitlines()[-1]  # after Keras' warnings on the mismatch
+    assert last.startswith("error: ") and "does not fit" in last and "Traceback" not in error, error
+    assert list((tmp_path / "logs").iterdir()) == []
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, dataset):
+    """A run folder as train.py leaves it after 3 of 5 epochs: run.json,
+    per-epoch checkpoints, history and backup (small stand-in HDF5 files)."""
+    run_dir = tmp_path / "logs" / "r"
+    training = {"model": "s", "widths": list(TINY_WIDTHS), "small_input": False, "image_size": 32,
+                "batch_size": 4, "epochs": 5, "lr": 1e-3, "lr_decay": 0.95, "patience": 15, "dropout": None,
+                "mixed_precision": False, "dataset": str(dataset)}
+    runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, 32, ["bright", "dark"], training=training)
+    (run_dir / callbacks.BACKUP_DIR).mkdir()
+    rows = []
+    for epoch in (1, 2, 3):
+        logs = {"loss": 0.5 / epoch, "val_loss": 0.6 / epoch}
+        for path in (run_dir / callbacks.EPOCH_WEIGHTS.format(epoch=epoch, **logs),
+                     run_dir / callbacks.BACKUP_DIR / callbacks.BACKUP_WEIGHTS.format(epoch=epoch)):
+            with h5py.File(path, "w") as f:
+                f["vars/0"] = np.full(4, float(epoch))
+        rows.append({"epoch": epoch - 1, **logs})
+    for old in (1, 2):
+        (run_dir / callbacks.BACKUP_DIR / callbacks.BACKUP_WEIGHTS.format(epoch=old)).unlink()
+    callbacks.write_history(run_dir, ["epoch", "loss", "val_loss"], rows)
+    return run_dir
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--widths", "16", "24", "32", "64"], ["--widths 16 24 32 48", "not --widths 16 24 32 64"]),
+    (["--image-size", "64"], ["--image-size 32", "not --image-size 64"]),
+    (["--model", "m"], ["--model s", "not --model m"]),
+    (["--small-input"], ["no --small-input", "not --small-input"]),
+    (["--epochs", "3"], ["nothing to do", "3 epochs done", "larger --epochs"]),
+])
+def test_resume_that_cannot_continue_is_refused_and_keeps_the_backup(interrupted_run, capsys, flags, words):
+    backup = sorted((interrupted_run / callbacks.BACKUP_DIR).iterdir())
+    status = main(["--resume", str(interrupted_run), *flags])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    for word in words:
+        assert word in error, (word, error)
+    assert sorted((interrupted_run / callbacks.BACKUP_DIR).iterdir()) == backup
+
+
+def test_damaged_backup_names_the_newest_good_checkpoint(interrupted_run, capsys):
+    backup = interrupted_run / callbacks.BACKUP_DIR / callbacks.BACKUP_WEIGHTS.format(epoch=3)
+    backup.write_bytes(backup.read_bytes()[:100])
+    newest = next(interrupted_run.glob("ep003-*.weights.h5"))
+    newest.write_bytes(b"")  # the newest checkpoint is damaged too: name the one before
+    status = main(["--resume", str(interrupted_run)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    good = next(interrupted_run.glob("ep002-*.weights.h5"))
+    assert "is damaged" in error and f"--weights {good}" in error and "delete" in error, error

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_parnet._cli import output_dir, run_tool
+
 PROMPT = "input img_path:"
 QUIT_WORDS = ("q", "quit", "exit")
 DEFAULT_TOP_K = 3
@@ -66,6 +68,18 @@ def rank(probabilities, class_names, top_k=DEFAULT_TOP_K):
 def predict_probabilities(model, images, preprocessing=None):
     """`(N, H, W, 3)` images in [0, 1] -> `(N, classes)` model outputs."""
     return np.asarray(model.predict_on_batch(normalize(images, preprocessing)))
+
+
+def check_finite(probabilities, sources):
+    """Raises `PredictError` naming the first of `sources` (one per row of
+    `probabilities`) whose outputs are not numbers: the weights are broken
+    (e.g. a run whose loss went NaN)."""
+    finite = np.isfinite(probabilities).all(axis=-1)
+    if not finite.all():
+        raise PredictError(
+            f"the model outputs NaN for {sources[int(np.argmin(finite))]}: its weights are broken "
+            "(retrain, or pick another checkpoint with --weights)."
+        )
 
 
 def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, preprocessing=None):
@@ -309,18 +323,25 @@ def load_predictor(args):
               f"run.json's {', '.join(unsupported)} is not applied.", file=sys.stderr)
     config["weights"] = str(weights)
     if not args.no_fuse:
-        model = fuse(model)
+        model = fuse(model, may_be_fused=full_model)
     return model, config
 
 
-def fuse(model):
-    """The model with its branches folded for inference (`keras_parnet.reparam`);
-    a model with nothing left to fold (e.g. an exported fused `.keras`) as is."""
+def fuse(model, may_be_fused=False):
+    """The model with its branches folded for inference (`keras_parnet.reparam`).
+
+    With `may_be_fused` (a full `.keras` file, e.g. an exported fused model
+    with nothing left to fold) a model that cannot be folded is used as
+    loaded, with a note. A model rebuilt from `run.json` is always a ParNet:
+    there a folding error is a bug and is raised.
+    """
     from keras_parnet.reparam import reparameterize
 
     try:
         return reparameterize(model)
     except ValueError as error:
+        if not may_be_fused:
+            raise
         print(f"note: {error} Predicting with the model as loaded.", file=sys.stderr)
         return model
 
@@ -379,6 +400,7 @@ class Reporter:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
     def report(self, path, image, probabilities):
+        check_finite(probabilities[np.newaxis], [path])
         ranked = rank(probabilities, self.class_names, self.top_k)
         if self.verbose:
             width = max(len(name) for name, _ in ranked)
@@ -501,8 +523,15 @@ def build_parser():
 
 def predict(args, stdin):
     """Runs the mode the arguments and stdin call for; returns the exit code."""
+    from keras_parnet.models import MIN_INPUT_SIZE
+
     if args.top_k < 1:
         raise PredictError(f"--top-k must be at least 1, got {args.top_k}.")
+    if args.image_size is not None and args.image_size < MIN_INPUT_SIZE:
+        raise PredictError(f"--image-size {args.image_size} is below ParNet's {MIN_INPUT_SIZE} px "
+                           f"minimum: pass at least {MIN_INPUT_SIZE}, or leave it out for the run's size.")
+    if args.save_plots:
+        output_dir(args.save_plots, "--save-plots")
     model, config = load_predictor(args)
     interactive = not args.paths and stdin.isatty()
     show = interactive and not args.no_show and not args.save_plots and display_available()
@@ -531,14 +560,7 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        return predict(args, sys.stdin)
-    except (RunError, PredictError, ImageError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    return run_tool(lambda: predict(args, sys.stdin), (RunError, PredictError, ImageError))
 
 
 if __name__ == "__main__":

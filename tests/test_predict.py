@@ -304,3 +304,59 @@ def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
     assert 0.3 < cropped[..., 0].mean() < 0.7  # the crop shows both halves
     expected = model.predict(predict.normalize(cropped[np.newaxis], preprocessing), verbose=0)[0]
     np.testing.assert_allclose([p for _, p in ranked], sorted(expected, reverse=True), atol=1e-6)
+
+
+# Failure paths: one line, exit 2, nothing written before lost ---------------------
+
+
+@pytest.mark.parametrize("size", [7, -5, 0])
+def test_image_size_below_the_minimum_is_one_line(known, monkeypatch, capsys, size):
+    monkeypatch.setattr(predict, "load_predictor", lambda args: pytest.fail("loaded before checking"))
+    code, out, err = run_main(monkeypatch, capsys, [known["images"] / "dark.png", "--run", known["run_dir"],
+                                                    "--image-size", size])
+    assert code == 2 and not out
+    assert err == [f"error: --image-size {size} is below ParNet's 32 px minimum: pass at least 32, "
+                   "or leave it out for the run's size."]
+
+
+def test_image_size_below_the_minimum_in_a_real_process(known):
+    from conftest import assert_one_line_error, run_cli
+
+    result = run_cli("keras_parnet.predict", known["images"] / "dark.png", "--run", known["run_dir"],
+                     "--image-size", 7)
+    assert_one_line_error(result, "--image-size 7", "32 px minimum")
+    assert not result.stdout
+
+
+def test_save_plots_onto_a_file_is_one_line_before_loading(known, monkeypatch, capsys, tmp_path):
+    in_the_way = tmp_path / "plots"
+    in_the_way.write_text("kept\n")
+    monkeypatch.setattr(predict, "load_predictor", lambda args: pytest.fail("loaded before checking"))
+    code, out, err = run_main(monkeypatch, capsys, [known["images"] / "dark.png", "--run", known["run_dir"],
+                                                    "--save-plots", in_the_way])
+    assert code == 2 and not out
+    assert err == [f"error: --save-plots {in_the_way} is a file, not a folder: pass a folder."]
+    assert in_the_way.read_text() == "kept\n"
+
+
+def test_nan_outputs_are_an_error_not_a_class(known, monkeypatch, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(known["run_dir"], run_dir)
+    model = runs.build_model(runs.read_run(run_dir))
+    model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
+    model.save_weights(run_dir / runs.BEST_WEIGHTS)
+    dark = known["images"] / "dark.png"
+    code, out, err = run_main(monkeypatch, capsys, [dark, known["images"] / "light.jpg", "--run", run_dir,
+                                                    "--no-fuse", "--csv", tmp_path / "out.csv"])
+    assert code == 2 and not out
+    assert err == [f"error: the model outputs NaN for {dark}: its weights are broken "
+                   "(retrain, or pick another checkpoint with --weights)."]
+    assert csv_probabilities(tmp_path / "out.csv") == {}  # the header, and no NaN row
+
+
+def test_fuse_raises_for_a_run_model_and_passes_a_full_model_through(capsys):
+    unfoldable = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="needs a functional keras.Model"):
+        predict.fuse(unfoldable)
+    assert predict.fuse(unfoldable, may_be_fused=True) is unfoldable
+    assert capsys.readouterr().err.startswith("note: reparameterize needs a functional keras.Model")

@@ -13,6 +13,8 @@ Writes into the run folder (see `keras_parnet.runs`):
 
 import argparse
 import csv
+import functools
+import io
 import json
 import math
 import os
@@ -21,6 +23,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from keras_parnet._cli import output_dir, run_tool, write_atomically
 
 REPORT_JSON = "report.json"
 REPORT_TEXT = "report.txt"
@@ -245,21 +249,52 @@ def plot_confusion_matrix(matrix, class_names, normalize=False):
     return figure
 
 
+def _numbers(header, row):
+    """`{column: float}` of a history row (empty cells NaN, `epoch` an int),
+    or `None` if a cell is not a number."""
+    try:
+        values = {name: float(cell) if cell.strip() else math.nan for name, cell in zip(header, row)}
+        values["epoch"] = int(values["epoch"])
+    except (ValueError, OverflowError):
+        return None
+    return values
+
+
 def read_history(path):
     """Reads a Keras `CSVLogger` file into `{column: float array}`, one entry
     per epoch (the last row wins when a resumed run logged an epoch twice),
-    with `epoch` counted from 1."""
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise EvaluateError(f"{path} holds no epochs.")
-    by_epoch = {int(row["epoch"]): row for row in rows}
+    with `epoch` counted from 1; empty cells are NaN.
+
+    Rows cut short (a kill while the row was written leaves a last line
+    without its end) or holding something other than numbers are left out,
+    with one warning naming their line numbers.
+
+    Raises:
+        EvaluateError: no column header or no readable row.
+    """
+    # A crash can leave NUL bytes where the last row was being written.
+    text = Path(path).read_text(errors="replace").replace("\0", "")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    if "epoch" not in header:
+        raise EvaluateError(f"{path} is not a training history: its first line names no 'epoch' column.")
+    rows = [(reader.line_num, row) for row in reader if row]
+    cut_short = rows[-1][0] if rows and not text.endswith(("\n", "\r")) else None
+    by_epoch, skipped = {}, []
+    for line, row in rows:
+        values = _numbers(header, row) if line != cut_short and len(row) == len(header) else None
+        if values is None:
+            skipped.append(str(line))
+        else:
+            by_epoch[int(values.pop("epoch"))] = values
+    if skipped:
+        warnings.warn(f"{path}: skipped line{'s' * (len(skipped) > 1)} {', '.join(skipped)}, cut short "
+                      "or not numbers; the curves leave those epochs out.", stacklevel=2)
+    if not by_epoch:
+        raise EvaluateError(f"{path} holds no readable epochs.")
     epochs = sorted(by_epoch)
-    columns = [name for name in rows[0] if name != "epoch"]
-    history = {
-        name: np.array([float(by_epoch[epoch].get(name) or "nan") for epoch in epochs])
-        for name in columns
-    }
+    history = {name: np.array([by_epoch[epoch][name] for epoch in epochs])
+               for name in header if name != "epoch"}
     history["epoch"] = np.array(epochs) + 1
     return history
 
@@ -358,49 +393,36 @@ def resolve_dataset(config, run_dir, dataset=None):
     raise EvaluateError(f"the run's dataset {recorded} is not found: pass --dataset DIR holding test/.")
 
 
-def predict_split(model, split_dir, config, batch_size=32):
-    """Predicts every readable image of a split in scan order, prepared as
-    `predict.py` prepares images (run.json's `preprocessing`).
+def predict_files(model, paths, config, batch_size=32):
+    """Predicts image files as `predict.py` does (`keras_parnet.predict.predict_paths`,
+    run.json's `preprocessing`).
 
     Returns:
-        `(probabilities, labels)`: float array `(n, num_classes)` and the int
-        labels `(n,)` the dataset gave with the images.
+        Float array `(len(paths), num_classes)`.
+
+    Raises:
+        EvaluateError: a file no longer decodes (it was scanned readable).
     """
-    from keras_parnet import data
-    from keras_parnet.predict import predict_probabilities
+    from keras_parnet import predict
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scan_split has named the unreadable files already
-        dataset, _, _ = data.make_dataset(split_dir, config["image_size"], batch_size,
-                                          config["class_names"],
-                                          crop_fraction=config["preprocessing"].get("crop_fraction"))
-    probabilities, labels = [], []
-    for images, one_hot in dataset:
-        probabilities.append(predict_probabilities(model, images, config["preprocessing"]))
-        labels.append(np.argmax(one_hot, axis=1))
-    return np.concatenate(probabilities).astype(np.float64), np.concatenate(labels)
-
-
-def _damaged_image_error(paths, image_size):
-    """The error of the first image that passes the file check but does not
-    decode (`make_dataset` replaces such an image with another one)."""
-    from keras_parnet.data import ImageError, load_image
-
-    for path in paths:
-        try:
-            load_image(path, image_size)
-        except ImageError as error:
-            return error
-    return EvaluateError("the test images changed during the evaluation.")
+    probabilities = []
+    for _, _, outputs, error in predict.predict_paths(model, paths, config["image_size"],
+                                                       config["preprocessing"], batch_size):
+        if error:
+            raise EvaluateError(f"{error} It changed during the evaluation: evaluate again.")
+        probabilities.append(outputs)
+    return np.stack(probabilities).astype(np.float64)
 
 
 def _save(figure, path):
-    figure.savefig(path, dpi=110)
+    write_atomically(path, functools.partial(figure.savefig, dpi=110))
     return path.name
 
 
-def write_plots(run_dir, report, paths, labels, probabilities, image_size, worst_indices):
-    """Writes the report plots into `run_dir`; returns `{plot: file name}`.
+def write_plots(run_dir, report, paths, labels, probabilities, image_size, worst_indices,
+                out_dir=None):
+    """Writes the report plots into `out_dir` (default `run_dir`), the
+    training curves from `run_dir`'s history; returns `{plot: file name}`.
 
     `worst_indices` (from `worst_predictions`) picks the images of the grid.
     """
@@ -408,25 +430,31 @@ def write_plots(run_dir, report, paths, labels, probabilities, image_size, worst
     from keras_parnet.data import load_image
 
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
     class_names = [entry["name"] for entry in report["classes"]]
     matrix = report["confusion_matrix"]
     plots = {
-        "confusion_matrix": _save(plot_confusion_matrix(matrix, class_names), run_dir / CONFUSION_PLOT),
+        "confusion_matrix": _save(plot_confusion_matrix(matrix, class_names), out_dir / CONFUSION_PLOT),
         "confusion_matrix_normalized": _save(
-            plot_confusion_matrix(matrix, class_names, normalize=True), run_dir / CONFUSION_NORMALIZED_PLOT),
+            plot_confusion_matrix(matrix, class_names, normalize=True), out_dir / CONFUSION_NORMALIZED_PLOT),
     }
     if (run_dir / HISTORY_FILE).is_file():
-        plots["curves"] = _save(plot_history(read_history(run_dir / HISTORY_FILE)), run_dir / CURVES_PLOT)
+        try:
+            history = read_history(run_dir / HISTORY_FILE)
+        except EvaluateError as error:
+            warnings.warn(f"{error} {CURVES_PLOT} is not written.", stacklevel=2)
+        else:
+            plots["curves"] = _save(plot_history(history), out_dir / CURVES_PLOT)
     if len(worst_indices):
         images = np.stack([np.asarray(load_image(paths[index], image_size)) for index in worst_indices])
         figure = plot_worst_predictions(images, labels[worst_indices], probabilities[worst_indices],
                                         class_names)
-        plots["worst_predictions"] = _save(figure, run_dir / WORST_PLOT)
+        plots["worst_predictions"] = _save(figure, out_dir / WORST_PLOT)
     return plots
 
 
 def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, worst=16,
-                 fuse=True, logs_dir="logs"):
+                 fuse=True, logs_dir="logs", out_dir=None):
     """Evaluates a trained run on the test split of its dataset.
 
     Args:
@@ -439,32 +467,42 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
         worst: how many misclassified images to plot (0: none).
         fuse: evaluate the reparameterized (inference) model.
         logs_dir: where to look for the newest run.
+        out_dir: where to write the report and plots (default: the run folder).
 
     Returns:
-        The report dict written to `run_dir/report.json`: what
+        The report dict written to `out_dir/report.json`: what
         `classification_report` returns plus the run, weights, dataset, the
         worst predictions (`worst`: path, true and predicted class and their
-        probabilities) and the plot files (`plots`).
+        probabilities), the output folder (`out_dir`) and the plot files
+        (`plots`).
+
+    Raises:
+        OutputError: `out_dir` cannot be written (a file, read-only, full).
+        PredictError: the model outputs NaN (broken weights).
     """
     from keras_parnet.data import scan_split
+    from keras_parnet.predict import check_finite
     from keras_parnet.runs import load_run, read_run, resolve_run
 
-    # The dataset is checked before the (slower) model is built.
+    # The dataset and the output folder are checked before the (slower) model is built.
     run_dir, _ = resolve_run(path, logs_dir)
     config = read_run(run_dir)
     dataset_dir = resolve_dataset(config, run_dir, dataset)
     split_dir = dataset_dir / "test"
     class_names = config["class_names"]
     paths, labels, _ = scan_split(split_dir, class_names)
+    if out_dir is None:
+        out_dir = output_dir(run_dir, "the run folder (write elsewhere with --out)")
+    else:
+        out_dir = output_dir(out_dir, "--out")
     model, config = load_run(path, weights, logs_dir)
     if fuse:
         from keras_parnet.reparam import reparameterize
 
         model = reparameterize(model)
-    probabilities, decoded_labels = predict_split(model, split_dir, config, batch_size)
-    if not np.array_equal(decoded_labels, labels):
-        error = _damaged_image_error(paths, config["image_size"])
-        raise EvaluateError(f"{error} Re-save or remove it: predictions no longer line up with files.")
+    # By path: a second scan (data.make_dataset) would decode every file again.
+    probabilities = predict_files(model, paths, config, batch_size)
+    check_finite(probabilities, paths)
     with warnings.catch_warnings():
         # The messages are kept in report["warnings"] and printed with it.
         warnings.simplefilter("ignore", MetricWarning)
@@ -487,10 +525,12 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
             for index in indices
         ],
     }
+    report["out_dir"] = str(out_dir)
     report["plots"] = write_plots(run_dir, report, paths, labels, probabilities,
-                                  config["image_size"], indices)
-    (run_dir / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (run_dir / REPORT_TEXT).write_text(format_report(report))
+                                  config["image_size"], indices, out_dir)
+    write_atomically(out_dir / REPORT_JSON,
+                     lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+    write_atomically(out_dir / REPORT_TEXT, lambda temporary: temporary.write_text(format_report(report)))
     return report
 
 
@@ -531,6 +571,8 @@ def build_parser():
     parser.add_argument("--no-fuse", action="store_true",
                         help="evaluate the model as trained instead of its reparameterized (fused) form")
     parser.add_argument("--logs-dir", default="logs", metavar="DIR", help="where to find the newest run (default logs)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where to write the report and plots (default: the run folder)")
     return parser
 
 
@@ -538,18 +580,18 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_parnet.data import DatasetError, ImageError
+    from keras_parnet.predict import PredictError
     from keras_parnet.runs import RunError
 
-    try:
+    def evaluate():
         report = evaluate_run(args.run, args.weights, args.dataset, args.top_k, args.batch_size,
-                              args.worst, fuse=not args.no_fuse, logs_dir=args.logs_dir)
-    except (DatasetError, ImageError, RunError, EvaluateError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_report(report), end="")
-    print(f"Report and plots in {report['run_dir']}: {REPORT_JSON}, {REPORT_TEXT}, "
-          f"{', '.join(report['plots'].values())}")
-    return 0
+                              args.worst, fuse=not args.no_fuse, logs_dir=args.logs_dir,
+                              out_dir=args.out)
+        print(format_report(report), end="")
+        print(f"Report and plots in {report['out_dir']}: {REPORT_JSON}, {REPORT_TEXT}, "
+              f"{', '.join(report['plots'].values())}")
+
+    return run_tool(evaluate, (DatasetError, ImageError, RunError, EvaluateError, PredictError))
 
 
 if __name__ == "__main__":

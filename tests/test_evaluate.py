@@ -1,4 +1,5 @@
 import json
+import os
 import warnings
 
 import numpy as np
@@ -283,7 +284,7 @@ def test_evaluate_fused_model_agrees(trained_run):
     assert report["accuracy"] == pytest.approx(np.mean(probabilities.argmax(1) == test_labels))
 
 
-def test_image_that_fails_to_decode_is_named(trained_run, tmp_path, capsys):
+def test_image_that_fails_to_decode_is_named_and_left_out(trained_run, tmp_path, capsys):
     import io
 
     run_dir, *_ = trained_run
@@ -292,13 +293,22 @@ def test_image_that_fails_to_decode_is_named(trained_run, tmp_path, capsys):
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
     contents = buffer.getvalue()
-    # Intact start and end marker, garbage inside: passes the file check only.
+    # Intact start and end marker, garbage inside: only decoding finds it.
     garbage = rng.integers(0, 256, len(contents) - 400, dtype=np.uint8).tobytes()
     damaged = tmp_path / "test" / "cat" / "damaged.jpg"
     damaged.write_bytes(contents[:200] + garbage + contents[-200:])
-    assert evaluate.main([str(run_dir), "--dataset", str(tmp_path), "--no-fuse"]) == 2
+    out = tmp_path / "out"
+    assert evaluate.main([str(run_dir), "--dataset", str(tmp_path), "--no-fuse", "--out", str(out)]) == 0
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {damaged} is corrupt") and "Re-save or remove it" in error
+    assert error.startswith("warning: Skipped 1 unreadable image file(s)") and f"{damaged} is " in error
+    report = json.loads((out / evaluate.REPORT_JSON).read_text())
+    assert report["samples"] == 6 and str(damaged) not in json.dumps(report)
+
+
+def test_image_that_stops_decoding_after_the_scan_is_named(tmp_path):
+    gone = tmp_path / "gone.png"
+    with pytest.raises(evaluate.EvaluateError, match=f"{gone} does not exist. It changed during the evaluation"):
+        evaluate.predict_files(None, [gone], {"image_size": [32, 32], "preprocessing": {}})
 
 
 def test_dataset_path_relative_to_the_logs_parent(tmp_path, monkeypatch):
@@ -332,3 +342,150 @@ def test_cli_rejects_bad_numbers(capsys):
         evaluate.main(["--top-k", "0"])
     assert exit_info.value.code == 2
     assert "argument --top-k: must be at least 1, got 0" in capsys.readouterr().err
+
+
+# Failure paths: one line, exit 2, nothing written before lost ---------------------
+
+HISTORY_HEADER = "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
+
+
+def test_read_history_skips_torn_and_non_numeric_rows(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text(HISTORY_HEADER
+                    + "0,0.5,1.0,0.001,0.4,1.1\n"
+                    + "1,0.6,abc,0.001,0.5,1.0\n"   # line 3: not a number
+                    + "2,0.7,0.8,0.001,0.6,0.9\n"
+                    + "3,0.7\n"                     # line 5: too few cells
+                    + "4,0.8,0.7,0.001,0.6,0.8\n"
+                    + "5,0.9,0.6,0.0\0\0\0")        # line 7: cut short by a kill
+    with pytest.warns(UserWarning, match=r"history.csv: skipped lines 3, 5, 7, cut short or not numbers"):
+        history = evaluate.read_history(path)
+    np.testing.assert_array_equal(history["epoch"], [1, 3, 5])
+    np.testing.assert_allclose(history["loss"], [1.0, 0.8, 0.7])
+
+
+@pytest.mark.parametrize("text, message", [
+    (HISTORY_HEADER + "0,0.5,1.0,0.001,0.4,1", "holds no readable epochs"),
+    ("loss,accuracy\n1.0,0.5\n", "is not a training history: its first line names no 'epoch' column"),
+    ("", "is not a training history"),
+])
+def test_read_history_without_a_readable_epoch(tmp_path, text, message):
+    path = tmp_path / "history.csv"
+    path.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(evaluate.EvaluateError, match=message):
+            evaluate.read_history(path)
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of the trained run folder, to damage."""
+    import shutil
+
+    return shutil.copytree(trained_run[0], tmp_path / "run")
+
+
+def _one_line_error(capsys):
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _files(folder):
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("target, problem", [("read_only_dir", "read-only file system"),
+                                             ("a_file", "is a file, not a folder"),
+                                             ("full_dir", "no space left")])
+def test_unwritable_out_is_one_line_before_the_model_loads(run_copy, tmp_path, request, capsys,
+                                                           monkeypatch, target, problem):
+    if target == "a_file":
+        out = tmp_path / "a_file"
+        out.write_text("kept\n")
+    else:
+        out = request.getfixturevalue(target)
+    before = _files(run_copy)
+    monkeypatch.setattr("keras_parnet.runs.load_run", lambda *args: pytest.fail("loaded the model first"))
+    assert evaluate.main([str(run_copy), "--out", str(out)]) == 2
+    error = _one_line_error(capsys)
+    assert f"--out {out}" in error and problem in error
+    assert _files(run_copy) == before
+    if target == "a_file":
+        assert out.read_text() == "kept\n"
+
+
+@pytest.fixture
+def read_only_run(run_copy):
+    """The run copy, made read-only with a read-only bind mount."""
+    import subprocess
+
+    mount = ["mount", "--bind", str(run_copy), str(run_copy)]
+    remount = ["mount", "-o", "remount,bind,ro", str(run_copy)]
+    for command in (mount, remount):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            subprocess.run(["umount", "-l", str(run_copy)], capture_output=True)
+            pytest.skip(f"cannot bind-mount read-only here ({result.stderr.strip()})")
+    yield run_copy
+    subprocess.run(["umount", "-l", str(run_copy)], check=False)
+
+
+def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
+    """A real process: one line that says to write elsewhere with --out."""
+    from conftest import assert_one_line_error, run_cli
+
+    before = _files(read_only_run)
+    result = run_cli("keras_parnet.evaluate", read_only_run)
+    assert_one_line_error(result, str(read_only_run), "read-only file system", "--out")
+    assert _files(read_only_run) == before
+
+
+def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path):
+    """A real process: the curves are drawn from the readable rows, one plain
+    `warning:` line (no `UserWarning` and source line) names the torn row,
+    and the report goes to --out, leaving the run folder as it was."""
+    from conftest import run_cli
+
+    history = run_copy / "history.csv"
+    with history.open("a") as file:
+        file.write("2,0.6,0.9,0.0009")  # a kill while the row was written
+    before = _files(run_copy)
+    out = tmp_path / "out"
+    result = run_cli("keras_parnet.evaluate", run_copy, "--out", out, "--no-fuse", "--worst", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr and "UserWarning" not in result.stderr
+    assert (f"warning: {history}: skipped line 4, cut short or not numbers; "
+            "the curves leave those epochs out.") in result.stderr.splitlines()
+    assert {evaluate.REPORT_JSON, evaluate.REPORT_TEXT, evaluate.CURVES_PLOT} <= set(_files(out))
+    assert json.loads((out / evaluate.REPORT_JSON).read_text())["plots"]["curves"] == evaluate.CURVES_PLOT
+    assert _files(run_copy) == before
+
+
+def test_disk_full_while_writing_keeps_the_previous_report(run_copy, full_dir, capsys):
+    # Room for the old report and the write check, not for a plot.
+    filler = full_dir / "filler"
+    os.truncate(filler, filler.stat().st_size - 8192)
+    out = full_dir / "out"
+    out.mkdir()
+    (out / evaluate.REPORT_JSON).write_text('{"old": true}\n')
+    assert evaluate.main([str(run_copy), "--out", str(out), "--no-fuse", "--worst", "0"]) == 2
+    error = _one_line_error(capsys)
+    assert "no space left" in error and evaluate.CONFUSION_PLOT in error
+    assert _files(out) == {evaluate.REPORT_JSON: b'{"old": true}\n'}
+
+
+def test_nan_weights_are_named_not_reported(run_copy, tmp_path, capsys):
+    from keras_parnet.runs import BEST_WEIGHTS, build_model, read_run
+
+    model = build_model(read_run(run_copy))
+    model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
+    model.save_weights(run_copy / BEST_WEIGHTS)
+    out = tmp_path / "out"
+    assert evaluate.main([str(run_copy), "--out", str(out), "--no-fuse"]) == 2
+    error = _one_line_error(capsys)
+    assert error.startswith("error: the model outputs NaN for ") and "pick another checkpoint with --weights" in error
+    assert list(out.iterdir()) == []

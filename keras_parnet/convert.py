@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_parnet._cli import run_tool, write_atomically
 from keras_parnet.models import STREAM_DEPTHS, ParNet
 
 OFFICIAL_CONFIGS = {
@@ -70,6 +71,11 @@ OFFICIAL_PREPROCESSING = {
     "interpolation": "bilinear",
 }
 INSTALL_HINT = "pip install keras-parnet[convert]"
+CHECKPOINT_HINT = ("pass an official PyTorch checkpoint (.pth/.pth.tar): a file written by "
+                   "torch.save holding a state_dict")
+# torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, a pickle.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
 
 
 class ConversionError(ValueError):
@@ -315,12 +321,21 @@ def read_checkpoint(path, use_ema=False):
     from the file runs.
 
     Raises:
-        FileNotFoundError, ConversionError, ModuleNotFoundError (no torch).
+        ConversionError: a missing file, a file torch.save did not write, or
+            one that torch cannot read.
+        ModuleNotFoundError: no torch.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise ConversionError(
+            f"checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}: {CHECKPOINT_HINT}."
+        )
     torch = _import_torch()
+    with path.open("rb") as file:
+        head = file.read(len(ZIP_MAGIC))
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise ConversionError(f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle "
+                              f"file): {CHECKPOINT_HINT}.")
     try:
         # timm training checkpoints also pickle their argparse options.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -465,7 +480,7 @@ def _write_run(args, model, widths, class_names):
 
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model.save_weights(run_dir / runs.BEST_WEIGHTS)
+    write_atomically(run_dir / runs.BEST_WEIGHTS, model.save_weights)
     runs.write_run(
         run_dir,
         "ParNet",
@@ -481,6 +496,30 @@ def _write_run(args, model, widths, class_names):
     )
 
 
+def _convert(args, widths):
+    """Converts and writes what the flags ask for (`main`'s body)."""
+    if args.run_dir is not None:  # read before the slow conversion
+        class_names = read_class_names(args.class_names, args.classes)
+    model = convert_checkpoint(
+        args.checkpoint, args.model, widths, args.activation, args.classes, args.ema
+    )
+    if args.out is not None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.out, model.save_weights)
+        print(f"wrote {args.out}")
+    if args.run_dir is not None:
+        _write_run(args, model, widths, class_names)
+        print(f"wrote run folder {args.run_dir}")
+    options = [repr(args.model)]
+    if args.widths:
+        options.append(f"widths={widths}")
+    if args.activation != OFFICIAL_ACTIVATION:
+        options.append(f"activation={args.activation!r}")
+    if args.classes != 1000:
+        options.append(f"classes={args.classes}")
+    print(f"load with keras_parnet.convert.build_official({', '.join(options)}, weights=...)")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -491,31 +530,7 @@ def main(argv=None):
     if args.class_names is not None and args.run_dir is None:
         parser.error("--class-names is recorded in a run folder: add --run-dir DIR")
     widths = tuple(args.widths or OFFICIAL_CONFIGS[args.model]["widths"])
-    try:
-        if args.run_dir is not None:  # read before the slow conversion
-            class_names = read_class_names(args.class_names, args.classes)
-        model = convert_checkpoint(
-            args.checkpoint, args.model, widths, args.activation, args.classes, args.ema
-        )
-        if args.out is not None:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            model.save_weights(args.out)
-            print(f"wrote {args.out}")
-        if args.run_dir is not None:
-            _write_run(args, model, widths, class_names)
-            print(f"wrote run folder {args.run_dir}")
-    except (ConversionError, OSError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    options = [repr(args.model)]
-    if args.widths:
-        options.append(f"widths={widths}")
-    if args.activation != OFFICIAL_ACTIVATION:
-        options.append(f"activation={args.activation!r}")
-    if args.classes != 1000:
-        options.append(f"classes={args.classes}")
-    print(f"load with keras_parnet.convert.build_official({', '.join(options)}, weights=...)")
-    return 0
+    return run_tool(lambda: _convert(args, widths), (ConversionError, ImportError))
 
 
 if __name__ == "__main__":

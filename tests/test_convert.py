@@ -243,9 +243,40 @@ def test_mismatched_state_dict_is_listed_and_not_loaded(tiny_state_dict, tiny_ke
 
 def test_unreadable_checkpoint(torch_parnet, tmp_path):
     path = tmp_path / "broken.pth"
-    path.write_bytes(b"not a checkpoint")
+    path.write_bytes(convert.ZIP_MAGIC + b"a zip archive cut short")
     with pytest.raises(convert.ConversionError, match="cannot read .*broken.pth as a PyTorch"):
         convert.read_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind, problem", [("text", "is not a PyTorch checkpoint (neither a zip nor a pickle"),
+                                           ("folder", "is a folder"),
+                                           ("missing", "does not exist")])
+def test_not_a_checkpoint_is_one_line_naming_the_file(torch_parnet, tmp_path, capsys, kind, problem):
+    path = tmp_path / "notes.txt"
+    if kind == "text":
+        path.write_text("planes: [92, 192, 384, 1280]\n")
+    elif kind == "folder":
+        path.mkdir()
+    out = tmp_path / "out.weights.h5"
+    assert convert.main([str(path), "--model", "s", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and str(path) in error[0], error
+    assert problem in error[0]
+    assert "pass an official PyTorch checkpoint (.pth/.pth.tar): a file written by torch.save" in error[0]
+    assert not out.exists()
+
+
+def test_read_only_out_is_one_line(tiny_checkpoint, read_only_dir, capsys):
+    out = read_only_dir / "tiny.weights.h5"
+    argv = [str(tiny_checkpoint), "--model", "s", "--widths", *map(str, TINY_WIDTHS),
+            "--classes", str(CLASSES), "--out", str(out)]
+    assert convert.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert captured.err.startswith("error: cannot write ") and captured.err.count("\n") == 1
+    assert "read-only file system; choose a writable folder" in captured.err
 
 
 def test_missing_torch_gets_install_hint(tmp_path, monkeypatch, capsys):

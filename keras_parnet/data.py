@@ -235,10 +235,27 @@ def _identify(path):
     return decoder
 
 
-@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
-def _decode_check(path, decoder):
-    # Returns pixels, not a shape, so that graph optimization cannot skip the decode.
-    return _load(path, decoder, (1, 1))
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)])
+def _decode_all(paths, decoders):
+    """Decodes files one after another as training does (one call for many
+    files: the call, not the decode, costs most for small images). Returns
+    pixels, not shapes, so that graph optimization cannot skip a decode."""
+    return tf.map_fn(lambda file: _load(file[0], file[1], (1, 1)), (paths, decoders),
+                     fn_output_signature=tf.float32, parallel_iterations=1)
+
+
+def _decode_error(path, decoder):
+    """The `ImageError` of a file that `decoder` fails to decode, or `None`."""
+    try:
+        if decoder == PILLOW:
+            _pil_decode(path)
+        else:
+            _decode_all(tf.constant([os.fspath(path)]), tf.constant([decoder]))
+    except tf.errors.OpError as error:
+        return ImageError(f"{path} is truncated or corrupt ({_reason(error)}).")
+    except Exception as error:  # Pillow raises many types for damaged files.
+        return ImageError(f"{path} is truncated or corrupt ({error}).")
+    return None
 
 
 def check_image(path):
@@ -255,16 +272,40 @@ def check_image(path):
         ImageError: naming the file and what is wrong.
     """
     decoder = _identify(path)
-    try:
-        if decoder == PILLOW:
-            _pil_decode(path)
-        else:
-            _decode_check(tf.constant(os.fspath(path)), tf.constant(decoder))
-    except tf.errors.OpError as error:
-        raise ImageError(f"{path} is truncated or corrupt ({_reason(error)}).") from None
-    except Exception as error:  # Pillow raises many types for damaged files.
-        raise ImageError(f"{path} is truncated or corrupt ({error}).") from None
+    error = _decode_error(path, decoder)
+    if error:
+        raise error
     return decoder
+
+
+def _check_images(paths):
+    """`{path: decoder or ImageError}`: `check_image` for many files, in
+    threads, with the TensorFlow decodes in chunks (file by file only in a
+    chunk that fails, to name the files)."""
+
+    def identify(path):
+        try:
+            decoder = _identify(path)
+        except ImageError as error:
+            return error
+        return (_decode_error(path, decoder) or decoder) if decoder == PILLOW else decoder
+
+    def errors_in(chunk):
+        try:
+            _decode_all(tf.constant([path for path, _ in chunk]), tf.constant([decoder for _, decoder in chunk]))
+            return {}
+        except tf.errors.OpError:
+            return {path: error for path, decoder in chunk if (error := _decode_error(path, decoder))}
+
+    threads = min(16, (os.cpu_count() or 1) * 4)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        results = dict(zip(paths, pool.map(identify, paths)))
+        for_tensorflow = [(path, result) for path, result in results.items() if result in (JPEG, PNG, BMP)]
+        size = max(1, min(32, len(for_tensorflow) // threads))  # every thread busy, also for few files
+        chunks = [for_tensorflow[start:start + size] for start in range(0, len(for_tensorflow), size)]
+        for errors in list(pool.map(errors_in, chunks)):
+            results.update(errors)
+    return results
 
 
 def _scan(split_dir, class_names=None):
@@ -280,16 +321,7 @@ def _scan(split_dir, class_names=None):
             raise DatasetError(f"{split_dir} has no folder for the classes {', '.join(missing)}: "
                                f"train and test need the same class folders.")
     per_class = [list_images(os.path.join(split_dir, name)) for name in class_names]
-    candidates = [path for files in per_class for path in files]
-
-    def inspect(path):
-        try:
-            return check_image(path)
-        except ImageError as error:
-            return error
-
-    with concurrent.futures.ThreadPoolExecutor(min(16, (os.cpu_count() or 1) * 4)) as pool:
-        results = dict(zip(candidates, pool.map(inspect, candidates)))
+    results = _check_images([path for files in per_class for path in files])
     skipped = [error for error in results.values() if isinstance(error, ImageError)]
     if skipped:
         warnings.warn(f"Skipped {len(skipped)} unreadable image file(s) in {split_dir}:\n"

@@ -605,6 +605,21 @@ def test_a_file_damaged_inside_is_named_and_training_uses_the_rest(tmp_path):
         assert [expected[image.tobytes()] for image in images] == labels.argmax(axis=1).tolist()
 
 
+def test_the_scan_names_exactly_the_damaged_files_among_many(tmp_path):
+    """Enough files that the scan decodes several per TensorFlow call."""
+    rng = np.random.default_rng(15)
+    files = [save(tmp_path / name / f"{index:02d}{suffix}", random_rgb(rng, 8, 8))
+             for name in ("a", "b") for index in range(32) for suffix in [(".png", ".jpg")[index % 2]]]
+    damaged = [damage_inside(files[index]) for index in (1, 2, 30, 33, 63)]
+    with pytest.warns(UserWarning) as record:
+        paths, labels, _ = data.scan_split(tmp_path)
+    assert paths == [path for path in files if path not in damaged]
+    assert labels.tolist() == [0] * 29 + [1] * 30
+    (message,) = [str(warning.message) for warning in record]
+    named = [line.split(" is truncated or corrupt (")[0].strip() for line in message.splitlines()[1:]]
+    assert named == damaged
+
+
 def test_a_single_class_is_refused(tmp_path):
     for split in ("train", "test"):
         save(tmp_path / "one" / split / "cats" / "1.png", np.zeros((4, 4), np.uint8), "L")

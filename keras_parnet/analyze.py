@@ -3,10 +3,11 @@
     DATASET/train/<class>/*.jpg
     DATASET/test/<class>/*.jpg
 
-Counts the images per class and split, reads every image's size from its file
-header (no decoding), and warns about class imbalance, duplicate files (the
-same bytes twice: across train and test they leak test images into training),
-tiny images and unreadable files (which training skips). Writes
+Counts the images per class and split, checks every image as training does
+(`keras_parnet.data.check_image`), reads its size from the file header, and
+warns about class imbalance, duplicate files (the same bytes twice: across
+train and test they leak test images into training), tiny images and
+unreadable files (damaged, or too large to decode: training skips them). Writes
 `class_counts.png`, `image_sizes.png` and `analysis.json` into the output
 folder.
 """
@@ -52,7 +53,7 @@ def _read_header(path):
 
     record = {"path": path, "bytes": os.path.getsize(path), "width": None, "height": None, "error": None}
     try:
-        check_image(path)  # the check training applies: header and complete end of file
+        check_image(path)  # the check training applies
         with Image.open(path) as image:
             record["width"], record["height"] = image.size
     except ImageError as error:

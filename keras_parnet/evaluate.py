@@ -1,6 +1,6 @@
 """Evaluate a trained run on its test split: `python evaluate.py --help`.
 
-Writes into the run folder (see `keras_parnet.runs`):
+Writes into the run folder (see `keras_parnet.runs`), or the folder `--out` names:
 
     report.json, report.txt            accuracy, top-k accuracy, per-class
                                        precision / recall / F1 / support,

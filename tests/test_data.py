@@ -597,6 +597,8 @@ def test_a_file_damaged_inside_is_named_and_training_uses_the_rest(tmp_path):
     (message,) = [str(warning.message) for warning in record]
     assert message.startswith(f"Skipped 1 unreadable image file(s) in {tmp_path}:")
     assert f"{damaged} is truncated or corrupt (" in message
+    with pytest.raises(ImageError, match=f"^{damaged} is truncated or corrupt"):
+        data.load_image(damaged, 16)
     assert count == len(good) == 6
     expected = {data.load_image(path, 16).tobytes(): int("/b/" in path) for path in good}
     for _ in range(2):  # each epoch: every good image once, with its label

@@ -53,12 +53,6 @@ class BackupError(RunError):
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the epoch was not recorded."""
 
-    def __init__(self, epoch, logs):
-        self.epoch = epoch
-        self.logs = dict(logs)
-        values = ", ".join(f"{key} {logs[key]}" for key in ("loss", "val_loss") if key in logs)
-        super().__init__(f"the loss is not finite in epoch {epoch} ({values})")
-
 
 def decayed_learning_rate(initial, decay):
     """Schedule for `LearningRateScheduler`: epoch `k` (0-based) trains at
@@ -299,8 +293,10 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        if not all(_finite(logs[key]) for key in ("loss", "val_loss") if key in logs):
-            raise TrainingDiverged(epoch + 1, logs)
+        losses = {key: logs[key] for key in ("loss", "val_loss") if key in logs}
+        if not all(map(_finite, losses.values())):
+            values = ", ".join(f"{key} {value}" for key, value in losses.items())
+            raise TrainingDiverged(f"the loss is not finite in epoch {epoch + 1} ({values})")
         with interrupts_deferred():
             checkpoint = self.run_dir / EPOCH_WEIGHTS.format(epoch=epoch + 1, **logs)
             save_weights(self.model, checkpoint)

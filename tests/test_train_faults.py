@@ -165,8 +165,9 @@ def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
 def test_full_disk_mid_training_stops_with_one_line_and_resumes(dataset, tmp_path, small_disk):
     run_dir = small_disk / "r"
     filler = small_disk / "filler"
-    result = drive(tmp_path, f"fill-disk:2:{filler}", "--dataset", dataset, *TINY_ARGS, "--batch-size", "8", "--epochs", "2",
-                   "--logs-dir", small_disk, "--run-name", "r", "--tensorboard-dir", tmp_path / "tensorboard")
+    result = drive(tmp_path, f"fill-disk:2:{filler}", "--dataset", dataset, *TINY_ARGS, "--batch-size", "8",
+                   "--epochs", "2", "--logs-dir", small_disk, "--run-name", "r",
+                   "--tensorboard-dir", tmp_path / "tensorboard")
     assert_one_line_error(result, "no space left", "ep002-", f"--resume {run_dir}")
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
     assert not list(run_dir.rglob(f"{callbacks.PARTIAL_PREFIX}*"))

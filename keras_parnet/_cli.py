@@ -62,7 +62,8 @@ def output_dir(path, flag):
     except OSError as error:
         if error.errno == errno.ENOTDIR:
             raise OutputError(f"{flag} {path}: a parent of this folder is a file: pass a folder.") from None
-        raise OutputError(f"{flag} {path}: {describe_os_error(error)}") from None
+        error.filename = str(path)  # the folder, not the probe file in it
+        raise OutputError(f"{flag}: {describe_os_error(error)}") from None
     return path
 
 
@@ -90,7 +91,7 @@ def write_atomically(path, write):
             os.replace(temporary, path)
     except BaseException as error:
         _remove(temporary)
-        if isinstance(error, OSError) and error.filename is None:
+        if isinstance(error, OSError) and error.filename in (None, str(temporary)):
             error.filename = str(path)
         raise
     return path

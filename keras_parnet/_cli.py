@@ -62,8 +62,8 @@ def output_dir(path, flag):
     except OSError as error:
         if error.errno == errno.ENOTDIR:
             raise OutputError(f"{flag} {path}: a parent of this folder is a file: pass a folder.") from None
-        error.filename = str(path)  # the folder, not the probe file in it
-        raise OutputError(f"{flag}: {describe_os_error(error)}") from None
+        error.filename = "this folder"  # not the probe file in it
+        raise OutputError(f"{flag} {path}: {describe_os_error(error)}") from None
     return path
 
 

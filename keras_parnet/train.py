@@ -312,10 +312,10 @@ def train(args):
                              f"pass a larger --epochs than {settings['epochs']}.")
     dataset_dir = Path(settings["dataset"])
     class_names = data.check_dataset(dataset_dir)
-    if run_dir is None and chief:
-        _cli.output_dir(args.logs_dir, "--logs-dir")
     augmentation = augmentation_from_args(args)
     train_data, test_data = distributed_datasets(settings, args, dataset_dir, class_names, augmentation, strategy)
+    if run_dir is None and chief:  # after the dataset's checks: a bad dataset leaves no logs folder
+        _cli.output_dir(args.logs_dir, "--logs-dir")
 
     model_name, model_kwargs = model_spec(settings)
     with distribute.scratch_dir_unless_chief(strategy) as scratch:

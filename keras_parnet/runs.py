@@ -123,7 +123,7 @@ def find_latest_run(logs_dir="logs"):
     runs = sorted(Path(logs_dir).glob(f"*/{RUN_FILE}"), key=lambda path: path.stat().st_mtime)
     if not runs:
         raise RunError(
-            f"no run found in {logs_dir}/: train one with `python train.py` or pass --weights."
+            f"no run found in {logs_dir}/: train one with `python train.py`, or name a run folder."
         )
     return runs[-1].parent
 
@@ -187,7 +187,8 @@ def load_run(path=None, weights=None, logs_dir="logs"):
     weights = Path(weights).expanduser() if weights is not None else run_weights
     if weights.name == BEST_WEIGHTS and not weights.is_file():
         raise RunError(
-            f"{weights} not found: the run has not finished an epoch; pass --weights FILE."
+            f"{weights} not found: the run has not finished an epoch; train on with "
+            f"`python train.py --resume {run_dir}`, or name another run."
         )
     model = build_model(config)
     try:

@@ -1,19 +1,31 @@
 """Export a trained run's fused model for deployment: `python -m keras_parnet.export --help`.
 
     python -m keras_parnet.export logs/<run> --format onnx
-    python -m keras_parnet.export logs/<run>/ep012-....weights.h5 --format tflite --out m.tflite
+    python -m keras_parnet.export logs/<run> --format tflite --quantize int8
 
 The model is rebuilt from the run folder (`keras_parnet.runs.load_run`), folded
 for inference (`keras_parnet.reparam.reparameterize`) and written at the run's
-fixed image size with a free batch size. The artifact is then loaded back with
-its own runtime and its outputs on a sample batch are compared with the trained
-Keras model's: the export fails if they differ by more than 1e-4.
+fixed image size with a free batch size, with the run's class names beside it
+(`labels.txt`, one per line in label order). The artifact is then loaded back
+with its own runtime and its outputs on a sample batch are compared with the
+trained Keras model fed through the data pipeline (load, resize, scale): a float
+artifact fails the export if they differ by more than 1e-4; a quantized one is
+graded by its accuracy (`evaluate.py --artifact`).
+
+Inputs (`--input`): `uint8` (default) takes RGB images `(batch, H, W, 3)` uint8 at
+the run's size and does the run's preprocessing in the graph (resize, [0, 1]
+scaling, mean/std for converted runs); `float` takes what the network itself
+takes, for callers that preprocess themselves. Outputs are the class
+probabilities in label order. A SavedModel has the endpoints `serve` (the
+input above; also `serving_default`), `serve_float`, `serve_bytes` (a batch of
+encoded JPEG/PNG/BMP/GIF images of any size, resized as the run did) and
+`labels` (the class names).
 
 Formats: `keras` (`.keras`, needs keras_parnet to load), `savedmodel` (a
-TensorFlow SavedModel folder, endpoint `serve`), `tflite` (TensorFlow Lite
-flatbuffer) and `onnx` (needs the `export` extra: `pip install
-"keras-parnet[export]"`). Inputs are RGB images scaled to [0, 1], `(batch, H, W, 3)`
-float32; outputs are the class probabilities in run.json's label order.
+TensorFlow SavedModel folder), `tflite` (TensorFlow Lite flatbuffer; `--quantize
+float16`, `dynamic` (int8 weights) or `int8` (full integer, calibrated per
+channel on training images of the run)) and `onnx` (needs the `export` extra:
+`pip install "keras-parnet[export]"`; the class names are in its metadata).
 
 Grouped convolutions (the fusion blocks) run through a per-op XLA function in
 Keras' TensorFlow backend on CPU, which tf2onnx cannot convert and serving
@@ -25,6 +37,7 @@ CPUs where the oneDNN path is off), and one `Conv` with `group=2` in ONNX.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -35,6 +48,10 @@ from pathlib import Path
 import numpy as np
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+INPUTS = ("uint8", "float")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+DEFAULT_CALIBRATION_IMAGES = 200
+LABELS_FILE = "labels.txt"
 # What `--out` defaults to beside the weights: `<stem>_fused<suffix>`.
 SUFFIXES = {"keras": ".keras", "savedmodel": "_savedmodel", "tflite": ".tflite", "onnx": ".onnx"}
 TOLERANCE = 1e-4
@@ -52,7 +69,7 @@ class ArtifactMismatchError(ExportError):
     """The written artifact does not compute what the Keras model computes."""
 
 
-def _input_spec(model):
+def _input_spec(model, dtype="float32"):
     import tensorflow as tf
 
     shape = tuple(model.input_shape)
@@ -61,7 +78,7 @@ def _input_spec(model):
             f"export needs a fixed input size, model '{model.name}' takes {shape}: "
             "build it with input_shape=(height, width, 3)."
         )
-    return tf.TensorSpec((None, *shape[1:]), tf.float32, name=INPUT_NAME)
+    return tf.TensorSpec((None, *shape[1:]), dtype, name=INPUT_NAME)
 
 
 def _tensorflow_conv_class(split_groups):
@@ -124,13 +141,17 @@ def _traceable_copy(model, split_groups):
     return copy
 
 
-def _check_output(path, format):
-    """`path` as a `Path`, once its format, suffix and folder are known good."""
+def _check_output(path, format, quantize="none"):
+    """`path` as a `Path`, once its format, quantization, suffix and folder are known good."""
     from keras_parnet._cli import output_dir
 
     path = Path(path)
     if format not in FORMATS:
         raise ExportError(f"unknown export format '{format}': use one of {', '.join(FORMATS)}.")
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization '{quantize}': use one of {', '.join(QUANTIZATIONS)}.")
+    if quantize != "none" and format != "tflite":
+        raise ExportError(f"--quantize {quantize} is for the tflite format; the {format} format is float32.")
     if format == "keras" and path.suffix != ".keras":
         raise ExportError(f"the keras format writes a .keras file, got {path}.")
     if format == "savedmodel" and path.exists() and not path.is_dir():
@@ -154,7 +175,7 @@ def _require_onnx():
     return tf2onnx
 
 
-def export_model(model, path, format):
+def export_model(model, path, format, config=None, quantize="none", calibration=None):
     """Writes `model` as a deployable artifact.
 
     Args:
@@ -162,72 +183,156 @@ def export_model(model, path, format):
             (`keras_parnet.reparam.reparameterize`).
         path: the file (or, for `savedmodel`, the folder) to write.
         format: one of `FORMATS`.
+        config: the run config (`run.json`). With it, the artifact takes uint8
+            images and does the run's preprocessing in its graph
+            (`keras_parnet.preprocessing.with_preprocessing`), and the class
+            names go into `labels.txt` beside it (and into the SavedModel and
+            ONNX files); without it, the artifact takes what `model` takes.
+        quantize: one of `QUANTIZATIONS`; anything but `"none"` is TFLite only.
+        calibration: with `quantize="int8"`, images the artifact's input
+            takes, `(N, H, W, 3)`, to calibrate the integer ranges on.
 
     Returns:
         `path` as a `Path`.
 
     Raises:
-        ExportError: unknown format, dynamic input size, `.keras` path without
-            that suffix, a file where a folder goes (or the reverse), or the
-            `export` extra missing for ONNX.
+        ExportError: unknown format or quantization, dynamic input size,
+            `.keras` path without that suffix, a file where a folder goes (or
+            the reverse), int8 without calibration images, or the `export`
+            extra missing for ONNX.
         keras_parnet._cli.OutputError: the output folder cannot be written.
     """
     from keras_parnet._cli import write_atomically
 
-    path = _check_output(path, format)
-    spec = _input_spec(model)
+    path = _check_output(path, format, quantize)
+    _input_spec(model)
+    if quantize == "int8" and (calibration is None or not len(calibration)):
+        raise ExportError("int8 quantization needs calibration images.")
     if format == "onnx":
         _require_onnx()
     # A failed or interrupted export leaves any earlier artifact at `path` whole.
-    return write_atomically(path, lambda partial: _write(model, partial, format, spec))
+    write_atomically(path, lambda partial: _write(model, partial, format, config, quantize, calibration))
+    if config is not None:
+        labels = "".join(f"{name}\n" for name in config["class_names"])
+        write_atomically(path.parent / LABELS_FILE, lambda partial: partial.write_text(labels))
+    return path
 
 
-def _write(model, path, format, spec):
+def _write(model, path, format, config, quantize, calibration):
     import tensorflow as tf
 
+    from keras_parnet.preprocessing import with_preprocessing
+
     if format == "keras":
-        model.save(path)
+        (model if config is None else with_preprocessing(model, config)).save(path)
         return
     # ONNX Runtime has grouped kernels for every fusion it makes: one grouped Conv there.
     traceable = _traceable_copy(model, split_groups=format != "onnx")
+    if format == "onnx":
+        _write_onnx(traceable if config is None else with_preprocessing(traceable, config), path, config)
+        return
     if format == "savedmodel":
-        traceable.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
-    elif format == "tflite":
+        _serving_archive(traceable, config).write_out(path, verbose=False)
+        return
+    with tempfile.TemporaryDirectory() as saved_model:
         # From a SavedModel: `from_concrete_functions` gives NaN outputs here (TF 2.21).
-        with tempfile.TemporaryDirectory() as saved_model:
-            traceable.export(
-                saved_model, format="tf_saved_model", input_signature=[spec], verbose=False
-            )
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-            path.write_bytes(converter.convert())
-    else:
+        _serving_archive(traceable, config).write_out(saved_model, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serve"])
+        _set_quantization(converter, quantize, calibration)
+        path.write_bytes(converter.convert())
 
-        @tf.function(input_signature=[spec])
-        def serve(image):
-            return traceable(image, training=False)
 
-        _require_onnx().convert.from_function(
-            serve, input_signature=[spec], opset=ONNX_OPSET, output_path=str(path)
+def _serving_archive(model, config):
+    """The SavedModel endpoints of `model` (see the module docstring)."""
+    import keras
+    import tensorflow as tf
+
+    from keras_parnet.preprocessing import with_preprocessing
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    float_spec = _input_spec(model)
+    serve_float = lambda images: model(images, training=False)  # noqa: E731
+    if config is None:
+        archive.add_endpoint("serve", serve_float, input_signature=[float_spec])
+        return archive
+    serving = with_preprocessing(model, config)
+    preprocessing = serving.get_layer("preprocessing")
+    archive.track(serving)
+    archive.add_endpoint(
+        "serve", lambda images: serving(images, training=False), input_signature=[_input_spec(model, "uint8")]
+    )
+    archive.add_endpoint("serve_float", serve_float, input_signature=[float_spec])
+
+    def serve_bytes(encoded):
+        def decode_and_prepare(data):
+            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+            return preprocessing(image[tf.newaxis])[0]
+
+        images = tf.map_fn(
+            decode_and_prepare, encoded, fn_output_signature=tf.TensorSpec(float_spec.shape[1:], tf.float32)
         )
+        return model(images, training=False)
+
+    archive.add_endpoint(
+        "serve_bytes", serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="encoded")]
+    )
+    class_names = tf.constant(config["class_names"])
+    archive.add_endpoint("labels", tf.function(lambda: class_names), input_signature=[])
+    return archive
+
+
+def _set_quantization(converter, quantize, calibration):
+    import tensorflow as tf
+
+    if quantize == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        # Full integer, weights per channel (the converter's default for convolutions).
+        converter.representative_dataset = lambda: ([image[np.newaxis]] for image in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+def _write_onnx(model, path, config):
+    import tensorflow as tf
+
+    tf2onnx = _require_onnx()
+    spec = _input_spec(model, model.inputs[0].dtype)
+
+    @tf.function(input_signature=[spec])
+    def serve(image):
+        return model(image, training=False)
+
+    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=ONNX_OPSET)
+    if config is not None:
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = "class_names", json.dumps(config["class_names"])
+    path.write_bytes(onnx_model.SerializeToString())
 
 
 def load_artifact(path, format):
     """Loads an exported artifact with its own runtime.
 
     Returns:
-        A function `(batch, H, W, 3) float32 array -> output array`.
+        A function `(batch, H, W, 3) array -> probabilities`; the batch is
+        cast to the artifact's input type (uint8 or float32).
     """
     path = os.fspath(path)
     if format == "keras":
         import keras
 
         model = keras.saving.load_model(path)  # keras_parnet's layers are registered
-        return lambda batch: np.asarray(model(batch, training=False))
+        dtype = model.inputs[0].dtype
+        return lambda batch: np.asarray(model(np.asarray(batch, dtype), training=False))
     if format == "savedmodel":
         import tensorflow as tf
 
         loaded = tf.saved_model.load(path)  # must outlive the function using its variables
-        return lambda batch: loaded.serve(batch).numpy()
+        dtype = loaded.signatures["serve"].structured_input_signature[1][INPUT_NAME].dtype.as_numpy_dtype
+        return lambda batch: loaded.serve(np.asarray(batch, dtype)).numpy()
     if format == "tflite":
         return _tflite_runner(path)
     if format == "onnx":
@@ -235,8 +340,9 @@ def load_artifact(path, format):
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {input_name: batch})[0]
+        model_input = session.get_inputs()[0]
+        dtype = np.uint8 if model_input.type == "tensor(uint8)" else np.float32
+        return lambda batch: session.run(None, {model_input.name: np.asarray(batch, dtype)})[0]
     raise ExportError(f"unknown export format '{format}': use one of {', '.join(FORMATS)}.")
 
 
@@ -247,10 +353,12 @@ def _tflite_runner(path):
         # TF 2.20+ points to the separate ai_edge_litert package; TF's copy still works.
         warnings.simplefilter("ignore", UserWarning)
         interpreter = tf.lite.Interpreter(model_path=path)
-    input_index = interpreter.get_input_details()[0]["index"]
+    model_input = interpreter.get_input_details()[0]
+    input_index, dtype = model_input["index"], model_input["dtype"]
     output_index = interpreter.get_output_details()[0]["index"]
 
     def run(batch):
+        batch = np.asarray(batch, dtype)
         interpreter.resize_tensor_input(input_index, batch.shape)
         interpreter.allocate_tensors()
         interpreter.set_tensor(input_index, batch)
@@ -270,62 +378,122 @@ def max_abs_diff(run, reference, batch):
     return float(np.max(np.abs(output - reference)))
 
 
-def sample_batch(model, size=CHECK_BATCH_SIZE, seed=0):
-    """Random images in [0, 1] at the model's input size, `(size, H, W, 3)` float32."""
-    shape = (size, *model.input_shape[1:])
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+def sample_images(image_size, size=CHECK_BATCH_SIZE, seed=0):
+    """Random uint8 RGB images `(size, H, W, 3)` at `image_size`."""
+    return np.random.default_rng(seed).integers(0, 256, (size, *image_size, 3), dtype=np.uint8)
 
 
-def default_output(weights, format):
-    """`<weights folder>/<weights stem>_fused<suffix>`, e.g. `best_fused.onnx`."""
+def pipeline_inputs(images, config):
+    """What the trained model is fed for uint8 `images` by the data pipeline:
+    each image goes through a PNG file, `keras_parnet.data.load_image` (the
+    run's resize) and the run's scaling and normalization."""
+    from PIL import Image
+
+    from keras_parnet.data import load_image
+    from keras_parnet.predict import normalize
+
+    crop_fraction = config.get("preprocessing", {}).get("crop_fraction")
+    with tempfile.TemporaryDirectory() as folder:
+        loaded = []
+        for index, image in enumerate(images):
+            file = os.path.join(folder, f"{index}.png")
+            Image.fromarray(image).save(file)
+            loaded.append(load_image(file, config["image_size"], crop_fraction))
+    return normalize(np.stack(loaded), config.get("preprocessing"))
+
+
+def calibration_images(dataset_dir, image_size, count=DEFAULT_CALIBRATION_IMAGES, seed=0):
+    """Up to `count` images of `dataset_dir/train`, drawn evenly at random
+    from every class, as uint8 `(N, H, W, 3)` resized to `image_size` (what a
+    uint8 artifact takes)."""
+    from keras_parnet.data import load_image, scan_split
+
+    paths, _, _ = scan_split(Path(dataset_dir) / "train")
+    order = np.random.default_rng(seed).permutation(len(paths))[:count]
+    return np.stack([
+        np.round(load_image(paths[index], image_size) * 255).astype(np.uint8) for index in sorted(order)
+    ])
+
+
+def default_output(weights, format, quantize="none"):
+    """`<weights folder>/<weights stem>_fused[_<quantize>]<suffix>`, e.g. `best_fused.onnx`."""
     weights = Path(weights)
     stem = weights.name
     for extension in (".weights.h5", ".h5", ".hdf5", ".keras"):
         if stem.endswith(extension):
             stem = stem[: -len(extension)]
             break
-    return weights.parent / f"{stem}_fused{SUFFIXES[format]}"
+    quantized = "" if quantize == "none" else f"_{quantize}"
+    return weights.parent / f"{stem}_fused{quantized}{SUFFIXES[format]}"
 
 
-def export_run(path=None, format="keras", out=None, logs_dir="logs"):
+def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint8", quantize="none",
+               calibration_count=DEFAULT_CALIBRATION_IMAGES, dataset=None):
     """Rebuilds a run's model, fuses it, exports it and checks the artifact.
 
     Args:
         path: run folder or weights file beside a `run.json` (`None`: the
             newest run in `logs_dir`).
         format: one of `FORMATS`.
-        out: where to write (default: `default_output(weights, format)`).
+        out: where to write (default: `default_output(weights, format, quantize)`).
         logs_dir: where to look for runs when `path` is `None`.
+        input: `"uint8"` (the run's preprocessing inside) or `"float"` (the
+            network's own input), see the module docstring.
+        quantize: one of `QUANTIZATIONS` (tflite only).
+        calibration_count: how many training images calibrate int8.
+        dataset: the dataset folder whose `train/` calibrates int8 (default:
+            the run's, from `run.json`).
 
     Returns:
         `(out, report)`: the artifact's path and a dict with `fused_diff` and
-        `artifact_diff`, the max abs differences from the trained model's outputs.
+        `artifact_diff`, the max abs differences of the fused model's and the
+        artifact's probabilities from the trained model's, and `top1_agreement`,
+        the fraction of the sample whose top class the artifact keeps.
 
     Raises:
         keras_parnet.runs.RunError: the run cannot be loaded.
+        keras_parnet.data.DatasetError: no images to calibrate int8 on.
         ExportError: see `export_model`.
-        ArtifactMismatchError: a difference above `TOLERANCE`.
+        ArtifactMismatchError: a float artifact off by more than `TOLERANCE`,
+            or any artifact giving NaN.
     """
     from keras_parnet.reparam import reparameterize
     from keras_parnet.runs import load_run
 
+    if input not in INPUTS:
+        raise ExportError(f"unknown input '{input}': use one of {', '.join(INPUTS)}.")
     # Fail before the slow part.
     if out is not None:
-        _check_output(out, format)
+        _check_output(out, format, quantize)
     if format == "onnx":
         _require_onnx()
     model, config = load_run(path, logs_dir=logs_dir)
-    out = _check_output(out if out is not None else default_output(config["weights"], format), format)
+    out = _check_output(out if out is not None else default_output(config["weights"], format, quantize),
+                        format, quantize)
+    images = sample_images(config["image_size"])
+    calibration = None
+    if quantize == "int8":
+        dataset = dataset or config.get("training", {}).get("dataset")
+        if not dataset:
+            raise ExportError("int8 quantization calibrates on the run's training images and this run "
+                              "records no dataset: pass --dataset DIR (a folder with train/).")
+        calibration = calibration_images(dataset, config["image_size"], calibration_count)
+        if input == "float":
+            calibration = pipeline_inputs(calibration, config)
     fused = reparameterize(model)
-    export_model(fused, out, format)
+    export_model(fused, out, format, config if input == "uint8" else None, quantize, calibration)
 
-    batch = sample_batch(model)
+    batch = pipeline_inputs(images, config)
     reference = np.asarray(model(batch, training=False))
+    artifact = load_artifact(out, format)
     report = {
         "fused_diff": max_abs_diff(lambda x: fused(x, training=False), reference, batch),
-        "artifact_diff": max_abs_diff(load_artifact(out, format), reference, batch),
+        "artifact_diff": max_abs_diff(artifact, reference, images if input == "uint8" else batch),
     }
-    if not all(diff <= TOLERANCE for diff in report.values()):  # NaN fails too
+    report["top1_agreement"] = float(np.mean(
+        np.argmax(artifact(images if input == "uint8" else batch), -1) == np.argmax(reference, -1)))
+    tolerance = TOLERANCE if quantize == "none" else np.inf  # quantized: graded by test accuracy
+    if not all(diff <= tolerance for diff in (report["fused_diff"], report["artifact_diff"])):  # NaN fails
         raise ArtifactMismatchError(
             f"{out} differs from the trained model by up to {report['artifact_diff']:.3g} (tolerance "
             f"{TOLERANCE:g}; fused Keras model: {report['fused_diff']:.3g}): do not deploy it."
@@ -360,7 +528,34 @@ def build_parser():
     parser.add_argument(
         "--out",
         help="file (folder for savedmodel) to write; default: beside the weights, "
-        "<weights name>_fused.keras / _fused_savedmodel / _fused.tflite / _fused.onnx",
+        "<weights name>_fused[_<quantize>].keras / _savedmodel / .tflite / .onnx; "
+        f"{LABELS_FILE} is written beside it",
+    )
+    parser.add_argument(
+        "--input",
+        choices=INPUTS,
+        default="uint8",
+        help="uint8 (default): RGB images at the run's size, the run's preprocessing inside the "
+        "artifact; float: what the network takes, for callers that preprocess themselves",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="tflite only: float16 weights, dynamic (int8 weights), or int8 (full integer, per "
+        "channel, calibrated on training images); default none",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"training images that calibrate --quantize int8 (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    parser.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="dataset folder whose train/ calibrates int8 (default: the run's)",
     )
     parser.add_argument(
         "--logs-dir",
@@ -376,22 +571,30 @@ def main(argv=None):
     # Eager calls through Keras' per-op XLA grouped convolution warn about retracing.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from keras_parnet._cli import run_tool
+    from keras_parnet.data import DatasetError
     from keras_parnet.runs import RunError
 
     def export_and_report():
+        if args.calibration_images < 1:
+            raise ExportError(f"--calibration-images must be at least 1, got {args.calibration_images}.")
         try:
-            out, report = export_run(args.weights, args.format, args.out, args.logs_dir)
+            out, report = export_run(args.weights, args.format, args.out, args.logs_dir, args.input,
+                                     args.quantize, args.calibration_images, args.dataset)
         except ArtifactMismatchError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        print(f"wrote {out} ({args.format})")
+        kind = args.format if args.quantize == "none" else f"{args.format}, {args.quantize}"
+        print(f"wrote {out} ({kind}, {args.input} input) and {out.parent / LABELS_FILE}")
         print(
             f"max abs difference from the trained model on {CHECK_BATCH_SIZE} random images: "
-            f"{report['artifact_diff']:.3g} (fused Keras model: {report['fused_diff']:.3g})"
+            f"{report['artifact_diff']:.3g} (fused Keras model: {report['fused_diff']:.3g}); "
+            f"same top class on {report['top1_agreement']:.0%}"
         )
+        if args.quantize != "none":
+            print(f"a quantized artifact is judged by its accuracy: python evaluate.py --artifact {out}")
         return 0
 
-    return run_tool(export_and_report, (RunError, ExportError))
+    return run_tool(export_and_report, (RunError, ExportError, DatasetError))
 
 
 if __name__ == "__main__":

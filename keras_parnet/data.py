@@ -35,11 +35,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_parnet.preprocessing import resize_like_run
 from keras_parnet.runs import image_size_pair
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# ImageDataGenerator's default; the geometric augmentation interpolates bilinearly.
-RESIZE_METHOD = "nearest"
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 
 # Decoder indices that the scan finds for each file.
@@ -403,16 +402,6 @@ def _pil_decode(path):
         return np.asarray(image.convert("RGB"))
 
 
-def _resize_and_center_crop(image, size, crop_fraction):
-    """The timm/ImageNet evaluation transform: bilinear resize of the shorter
-    side to `floor(max(size) / crop_fraction)`, then a centered `size` crop."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = math.floor(max(size) / crop_fraction) / tf.reduce_min(shape)
-    resized_shape = tf.maximum(tf.cast(tf.floor(shape * scale), tf.int32), size)
-    image = tf.image.resize(image, resized_shape, method="bilinear", antialias=True)
-    return tf.image.resize_with_crop_or_pad(image, *size)
-
-
 def _load(path, decoder, size, crop_fraction=None):
     """Image file -> float32 `(*size, 3)` RGB in [0, 1].
 
@@ -424,8 +413,8 @@ def _load(path, decoder, size, crop_fraction=None):
 
     def resized(image):
         if crop_fraction:
-            return _resize_and_center_crop(tf.image.convert_image_dtype(image, tf.float32), size, crop_fraction)
-        return tf.image.convert_image_dtype(tf.image.resize(image, size, method=RESIZE_METHOD), tf.float32)
+            return resize_like_run(tf.image.convert_image_dtype(image, tf.float32), size, crop_fraction)
+        return tf.image.convert_image_dtype(resize_like_run(image, size), tf.float32)
 
     def with_pillow():
         image = tf.numpy_function(lambda name: _pil_decode(os.fsdecode(name.item())), [path], tf.uint8)

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from keras_parnet.runs import DEFAULT_PREPROCESSING, image_size_pair
 
-# How a run's images are resized to its size when no crop is recorded:
-# `flow_from_directory`'s default, and what train.py trains on.
+# How a run's images are resized when no crop is recorded: ImageDataGenerator's
+# default, what train.py trains on (the geometric augmentation interpolates bilinearly).
 RESIZE_METHOD = "nearest"
 
 

@@ -175,7 +175,7 @@ def _require_onnx():
     return tf2onnx
 
 
-def export_model(model, path, format, config=None, quantize="none", calibration=None):
+def export_model(model, path, format, config=None, input="uint8", quantize="none", calibration=None):
     """Writes `model` as a deployable artifact.
 
     Args:
@@ -183,11 +183,14 @@ def export_model(model, path, format, config=None, quantize="none", calibration=
             (`keras_parnet.reparam.reparameterize`).
         path: the file (or, for `savedmodel`, the folder) to write.
         format: one of `FORMATS`.
-        config: the run config (`run.json`). With it, the artifact takes uint8
-            images and does the run's preprocessing in its graph
-            (`keras_parnet.preprocessing.with_preprocessing`), and the class
-            names go into `labels.txt` beside it (and into the SavedModel and
-            ONNX files); without it, the artifact takes what `model` takes.
+        config: the run config (`run.json`), or `None` for a bare model that
+            takes what `model` takes. With it, the class names go into
+            `labels.txt` beside the artifact (and into the SavedModel and ONNX
+            files).
+        input: with `config`, `"uint8"` for an artifact that takes uint8 images
+            and does the run's preprocessing in its graph
+            (`keras_parnet.preprocessing.with_preprocessing`), or `"float"`
+            for one that takes what `model` takes.
         quantize: one of `QUANTIZATIONS`; anything but `"none"` is TFLite only.
         calibration: with `quantize="int8"`, images the artifact's input
             takes, `(N, H, W, 3)`, to calibrate the integer ranges on.
@@ -206,44 +209,54 @@ def export_model(model, path, format, config=None, quantize="none", calibration=
 
     path = _check_output(path, format, quantize)
     _input_spec(model)
+    if input not in INPUTS:
+        raise ExportError(f"unknown input '{input}': use one of {', '.join(INPUTS)}.")
+    raw_input = config is not None and input == "uint8"
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise ExportError("int8 quantization needs calibration images.")
     if format == "onnx":
         _require_onnx()
     # A failed or interrupted export leaves any earlier artifact at `path` whole.
-    write_atomically(path, lambda partial: _write(model, partial, format, config, quantize, calibration))
+    write_atomically(
+        path, lambda partial: _write(model, partial, format, config, raw_input, quantize, calibration)
+    )
     if config is not None:
         labels = "".join(f"{name}\n" for name in config["class_names"])
         write_atomically(path.parent / LABELS_FILE, lambda partial: partial.write_text(labels))
     return path
 
 
-def _write(model, path, format, config, quantize, calibration):
+def _write(model, path, format, config, raw_input, quantize, calibration):
     import tensorflow as tf
 
     from keras_parnet.preprocessing import with_preprocessing
 
+    def served(model):
+        return with_preprocessing(model, config) if raw_input else model
+
     if format == "keras":
-        (model if config is None else with_preprocessing(model, config)).save(path)
+        served(model).save(path)
         return
     # ONNX Runtime has grouped kernels for every fusion it makes: one grouped Conv there.
     traceable = _traceable_copy(model, split_groups=format != "onnx")
     if format == "onnx":
-        _write_onnx(traceable if config is None else with_preprocessing(traceable, config), path, config)
+        _write_onnx(served(traceable), path, config)
         return
     if format == "savedmodel":
-        _serving_archive(traceable, config).write_out(path, verbose=False)
+        _serving_archive(traceable, config, raw_input).write_out(path, verbose=False)
         return
     with tempfile.TemporaryDirectory() as saved_model:
         # From a SavedModel: `from_concrete_functions` gives NaN outputs here (TF 2.21).
-        _serving_archive(traceable, config).write_out(saved_model, verbose=False)
+        _serving_archive(traceable, config, raw_input).write_out(saved_model, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serve"])
         _set_quantization(converter, quantize, calibration)
         path.write_bytes(converter.convert())
 
 
-def _serving_archive(model, config):
-    """The SavedModel endpoints of `model` (see the module docstring)."""
+def _serving_archive(model, config, raw_input):
+    """The SavedModel endpoints of `model` (see the module docstring): `serve`
+    (the first, so also `serving_default`) takes uint8 images when
+    `raw_input`, else what `model` takes; `labels` comes with a `config`."""
     import keras
     import tensorflow as tf
 
@@ -253,32 +266,33 @@ def _serving_archive(model, config):
     archive.track(model)
     float_spec = _input_spec(model)
     serve_float = lambda images: model(images, training=False)  # noqa: E731
-    if config is None:
-        archive.add_endpoint("serve", serve_float, input_signature=[float_spec])
-        return archive
-    serving = with_preprocessing(model, config)
-    preprocessing = serving.get_layer("preprocessing")
-    archive.track(serving)
-    archive.add_endpoint(
-        "serve", lambda images: serving(images, training=False), input_signature=[_input_spec(model, "uint8")]
-    )
-    archive.add_endpoint("serve_float", serve_float, input_signature=[float_spec])
-
-    def serve_bytes(encoded):
-        def decode_and_prepare(data):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-            return preprocessing(image[tf.newaxis])[0]
-
-        images = tf.map_fn(
-            decode_and_prepare, encoded, fn_output_signature=tf.TensorSpec(float_spec.shape[1:], tf.float32)
+    if raw_input:
+        serving = with_preprocessing(model, config)
+        preprocessing = serving.get_layer("preprocessing")
+        archive.track(serving)
+        archive.add_endpoint(
+            "serve", lambda images: serving(images, training=False), input_signature=[_input_spec(model, "uint8")]
         )
-        return model(images, training=False)
+        archive.add_endpoint("serve_float", serve_float, input_signature=[float_spec])
 
-    archive.add_endpoint(
-        "serve_bytes", serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="encoded")]
-    )
-    class_names = tf.constant(config["class_names"])
-    archive.add_endpoint("labels", tf.function(lambda: class_names), input_signature=[])
+        def serve_bytes(encoded):
+            def decode_and_prepare(data):
+                image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+                return preprocessing(image[tf.newaxis])[0]
+
+            images = tf.map_fn(
+                decode_and_prepare, encoded, fn_output_signature=tf.TensorSpec(float_spec.shape[1:], tf.float32)
+            )
+            return model(images, training=False)
+
+        archive.add_endpoint(
+            "serve_bytes", serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="encoded")]
+        )
+    else:
+        archive.add_endpoint("serve", serve_float, input_signature=[float_spec])
+    if config is not None:
+        class_names = tf.constant(config["class_names"])
+        archive.add_endpoint("labels", tf.function(lambda: class_names), input_signature=[])
     return archive
 
 
@@ -481,7 +495,7 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
         if input == "float":
             calibration = pipeline_inputs(calibration, config)
     fused = reparameterize(model)
-    export_model(fused, out, format, config if input == "uint8" else None, quantize, calibration)
+    export_model(fused, out, format, config, input, quantize, calibration)
 
     batch = pipeline_inputs(images, config)
     reference = np.asarray(model(batch, training=False))

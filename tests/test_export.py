@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -27,8 +28,12 @@ def reference_outputs(model, batch):
     return np.asarray(model(batch, training=False))
 
 
+def uint8_images(count, seed, size=IMAGE_SIZE):
+    return np.random.default_rng(seed).integers(0, 256, (count, *size, 3), dtype=np.uint8)
+
+
 @pytest.mark.parametrize("format", export.FORMATS)
-def test_artifact_loads_back_and_matches_the_trained_model(trained_run, format, tmp_path, capsys):
+def test_artifact_takes_uint8_images_and_matches_the_trained_model(trained_run, format, tmp_path, capsys):
     if format == "onnx":
         pytest.importorskip("tf2onnx", reason="the export extra is not installed")
         pytest.importorskip("onnxruntime", reason="the export extra is not installed")
@@ -43,12 +48,94 @@ def test_artifact_loads_back_and_matches_the_trained_model(trained_run, format, 
     assert export.main([*argv, "--format", format]) == 0
     assert out.exists()
     assert f"wrote {out}" in capsys.readouterr().out
+    assert (out.parent / export.LABELS_FILE).read_text().splitlines() == CLASSES
 
-    batch = export.sample_batch(model, size=3, seed=7)  # not the batch the CLI checked
-    expected = reference_outputs(model, batch)
-    actual = export.load_artifact(out, format)(batch)
+    images = uint8_images(3, seed=7)  # not the batch the CLI checked
+    # At the run's size the run's nearest-neighbour resize keeps every pixel.
+    expected = reference_outputs(model, images.astype("float32") / 255)
+    actual = export.load_artifact(out, format)(images)
     assert actual.shape == (3, len(CLASSES))
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+
+
+def test_float_input_is_the_network_input_and_onnx_carries_the_class_names(trained_run, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
+    pytest.importorskip("tf2onnx", reason="the export extra is not installed")
+    run_dir, model = trained_run
+    out = tmp_path / "float.onnx"
+    assert export.main([str(run_dir), "--format", "onnx", "--input", "float", "--out", str(out)]) == 0
+    batch = uint8_images(2, seed=3).astype("float32") / 255 * 0.5 + 0.1  # not pixels a uint8 input could hold
+    np.testing.assert_allclose(export.load_artifact(out, "onnx")(batch), reference_outputs(model, batch),
+                               rtol=0, atol=1e-4)
+    metadata = {entry.key: entry.value for entry in onnx.load(out).metadata_props}
+    assert json.loads(metadata["class_names"]) == CLASSES
+
+
+CONVERTED_PREPROCESSING = {"rescale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                           "crop_fraction": 0.875}
+
+
+def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_encoded_images(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    from keras_parnet.data import load_image
+
+    run_dir = tmp_path / "converted"
+    config = runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, (48, 40), CLASSES,
+                            preprocessing=CONVERTED_PREPROCESSING)
+    model = randomize_batch_norm(runs.build_model(config))
+    model.save_weights(run_dir / runs.BEST_WEIGHTS)
+    out = tmp_path / "model_savedmodel"
+    assert export.main([str(run_dir), "--format", "savedmodel", "--out", str(out)]) == 0
+
+    def expected(files):
+        # Independent of the artifact: the data pipeline's decode and crop, then numpy normalization.
+        images = np.stack([load_image(file, (48, 40), 0.875) for file in files])
+        mean, std = np.array(CONVERTED_PREPROCESSING["mean"]), np.array(CONVERTED_PREPROCESSING["std"])
+        return reference_outputs(model, ((images - mean) / std).astype("float32"))
+
+    at_run_size = uint8_images(2, seed=5, size=(48, 40))
+    other_sizes = [uint8_images(1, seed=6, size=(70, 90))[0], uint8_images(1, seed=8, size=(33, 61))[0]]
+    files = []
+    for index, image in enumerate([*at_run_size, *other_sizes]):
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(files[-1])
+
+    loaded = tf.saved_model.load(str(out))
+    np.testing.assert_allclose(loaded.serve(at_run_size).numpy(), expected(files[:2]), rtol=0, atol=1e-4)
+    encoded = tf.constant([file.read_bytes() for file in files])
+    np.testing.assert_allclose(loaded.serve_bytes(encoded).numpy(), expected(files), rtol=0, atol=1e-4)
+    assert [name.decode() for name in loaded.labels().numpy()] == CLASSES
+    assert set(loaded.signatures) >= {"serving_default", "serve", "serve_float", "serve_bytes"}
+    default_input = loaded.signatures["serving_default"].structured_input_signature[1]["image"]
+    assert default_input.dtype == tf.uint8 and default_input.shape.as_list() == [None, 48, 40, 3]
+
+
+def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
+    run_dir, model = trained_run
+    float32 = exported(run_dir, "tflite")
+    out = tmp_path / "model_fp16.tflite"
+    assert export.main([str(run_dir), "--format", "tflite", "--quantize", "float16", "--out", str(out)]) == 0
+    # Weights are most of the file; the graph and its constants stay.
+    assert 0.45 < out.stat().st_size / float32.stat().st_size < 0.65
+    images = uint8_images(4, seed=9)
+    expected = reference_outputs(model, images.astype("float32") / 255)
+    np.testing.assert_allclose(export.load_artifact(out, "tflite")(images), expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--format", "savedmodel", "--quantize", "int8"], "for the tflite format"),
+        (["--format", "tflite", "--quantize", "int8"], "--dataset"),  # the run records no dataset
+        (["--format", "tflite", "--quantize", "int8", "--calibration-images", "0"], "at least 1"),
+    ],
+)
+def test_quantization_mistakes_are_one_line(trained_run, capsys, argv, message):
+    assert export.main([str(trained_run[0]), *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
 
 def exported(run_dir, format):
@@ -116,12 +203,12 @@ def test_saved_model_runs_without_xla(trained_run):
 
 
 def test_mismatching_artifact_fails_loudly(trained_run, tmp_path, monkeypatch, capsys):
-    def export_nothing(model, path, format):
+    def export_nothing(model, path, *settings):
         return path
 
     def load_shifted(path, format):  # an artifact whose outputs are off by 1e-3
         _, model = trained_run
-        return lambda batch: np.asarray(model(batch, training=False)) + 1e-3
+        return lambda images: reference_outputs(model, images.astype("float32") / 255) + 1e-3
 
     monkeypatch.setattr(export, "export_model", export_nothing)
     monkeypatch.setattr(export, "load_artifact", load_shifted)
@@ -166,7 +253,8 @@ def test_help_documents_every_flag(capsys):
         export.main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("WEIGHTS", "--format", "--out", "--logs-dir", "savedmodel", "tflite", "onnx"):
+    for flag in ("WEIGHTS", "--format", "--out", "--logs-dir", "savedmodel", "tflite", "onnx", "--input",
+                 "--quantize", "int8", "--calibration-images", "--dataset"):
         assert flag in help_text
 
 
@@ -202,7 +290,7 @@ def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path,
     previous = tmp_path / "model.tflite"
     previous.write_bytes(b"previous")
 
-    def write_half_then_fail(model, path, format, spec):
+    def write_half_then_fail(model, path, *settings):
         Path(path).write_bytes(b"half")
         raise KeyboardInterrupt
 

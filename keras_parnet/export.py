@@ -26,6 +26,9 @@ TensorFlow SavedModel folder), `tflite` (TensorFlow Lite flatbuffer; `--quantize
 float16`, `dynamic` (int8 weights) or `int8` (full integer, calibrated per
 channel on training images of the run)) and `onnx` (needs the `export` extra:
 `pip install "keras-parnet[export]"`; the class names are in its metadata).
+`load_artifact(path)` runs any of them with its own runtime (the format follows
+from the path: `artifact_format`) and tells what it takes (`input_dtype`,
+`input_shape`); `predict.py --artifact` and `evaluate.py --artifact` use it.
 
 Grouped convolutions (the fusion blocks) run through a per-op XLA function in
 Keras' TensorFlow backend on CPU, which tf2onnx cannot convert and serving
@@ -247,16 +250,17 @@ def _write(model, path, format, config, raw_input, quantize, calibration):
         return
     with tempfile.TemporaryDirectory() as saved_model:
         # From a SavedModel: `from_concrete_functions` gives NaN outputs here (TF 2.21).
-        _serving_archive(traceable, config, raw_input).write_out(saved_model, verbose=False)
+        _serving_archive(traceable, config, raw_input, serve_only=True).write_out(saved_model, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serve"])
         _set_quantization(converter, quantize, calibration)
         path.write_bytes(converter.convert())
 
 
-def _serving_archive(model, config, raw_input):
+def _serving_archive(model, config, raw_input, serve_only=False):
     """The SavedModel endpoints of `model` (see the module docstring): `serve`
     (the first, so also `serving_default`) takes uint8 images when
-    `raw_input`, else what `model` takes; `labels` comes with a `config`."""
+    `raw_input`, else what `model` takes; the others come with a `config`
+    unless `serve_only`."""
     import keras
     import tensorflow as tf
 
@@ -273,6 +277,8 @@ def _serving_archive(model, config, raw_input):
         archive.add_endpoint(
             "serve", lambda images: serving(images, training=False), input_signature=[_input_spec(model, "uint8")]
         )
+        if serve_only:
+            return archive
         archive.add_endpoint("serve_float", serve_float, input_signature=[float_spec])
 
         def serve_bytes(encoded):
@@ -290,7 +296,7 @@ def _serving_archive(model, config, raw_input):
         )
     else:
         archive.add_endpoint("serve", serve_float, input_signature=[float_spec])
-    if config is not None:
+    if config is not None and not serve_only:
         class_names = tf.constant(config["class_names"])
         archive.add_endpoint("labels", tf.function(lambda: class_names), input_signature=[])
     return archive
@@ -327,26 +333,65 @@ def _write_onnx(model, path, config):
     path.write_bytes(onnx_model.SerializeToString())
 
 
-def load_artifact(path, format):
+def artifact_format(path):
+    """The format of an artifact from its path: a `.keras`, `.tflite` or
+    `.onnx` file, or a folder (a SavedModel).
+
+    Raises:
+        ExportError: any other path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "savedmodel"
+    for format in ("keras", "tflite", "onnx"):
+        if path.suffix == SUFFIXES[format]:
+            return format
+    raise ExportError(f"cannot tell the format of {path}: pass a .keras, .tflite or .onnx file or a "
+                      "SavedModel folder written by keras_parnet.export.")
+
+
+def _artifact_runner(run, shape, dtype):
+    """`run` with the artifact's `input_shape` (a tuple, `None` for a free
+    dimension) and `input_dtype` (a numpy dtype) as attributes."""
+    run.input_shape = tuple(
+        int(dim) if isinstance(dim, (int, np.integer)) and dim >= 0 else None for dim in shape
+    )
+    run.input_dtype = np.dtype(dtype)
+    return run
+
+
+def load_artifact(path, format=None):
     """Loads an exported artifact with its own runtime.
+
+    Args:
+        path: the artifact's file (or SavedModel folder).
+        format: one of `FORMATS` (default: `artifact_format(path)`).
 
     Returns:
         A function `(batch, H, W, 3) array -> probabilities`; the batch is
-        cast to the artifact's input type (uint8 or float32).
+        cast to the artifact's input type. Its attributes `input_dtype`
+        (`numpy.uint8`: pixels, the run's preprocessing inside; `float32`:
+        what the network takes) and `input_shape` (`(None, H, W, 3)`) say
+        what the artifact takes.
     """
+    if format is None:
+        format = artifact_format(path)
     path = os.fspath(path)
     if format == "keras":
         import keras
 
         model = keras.saving.load_model(path)  # keras_parnet's layers are registered
         dtype = model.inputs[0].dtype
-        return lambda batch: np.asarray(model(np.asarray(batch, dtype), training=False))
+        return _artifact_runner(lambda batch: np.asarray(model(np.asarray(batch, dtype), training=False)),
+                                model.inputs[0].shape, dtype)
     if format == "savedmodel":
         import tensorflow as tf
 
         loaded = tf.saved_model.load(path)  # must outlive the function using its variables
-        dtype = loaded.signatures["serve"].structured_input_signature[1][INPUT_NAME].dtype.as_numpy_dtype
-        return lambda batch: loaded.serve(np.asarray(batch, dtype)).numpy()
+        spec = loaded.signatures["serve"].structured_input_signature[1][INPUT_NAME]
+        dtype = spec.dtype.as_numpy_dtype
+        return _artifact_runner(lambda batch: loaded.serve(np.asarray(batch, dtype)).numpy(),
+                                spec.shape.as_list(), dtype)
     if format == "tflite":
         return _tflite_runner(path)
     if format == "onnx":
@@ -356,7 +401,8 @@ def load_artifact(path, format):
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         model_input = session.get_inputs()[0]
         dtype = np.uint8 if model_input.type == "tensor(uint8)" else np.float32
-        return lambda batch: session.run(None, {model_input.name: np.asarray(batch, dtype)})[0]
+        return _artifact_runner(lambda batch: session.run(None, {model_input.name: np.asarray(batch, dtype)})[0],
+                                model_input.shape, dtype)
     raise ExportError(f"unknown export format '{format}': use one of {', '.join(FORMATS)}.")
 
 
@@ -379,7 +425,7 @@ def _tflite_runner(path):
         interpreter.invoke()
         return interpreter.get_tensor(output_index)
 
-    return run
+    return _artifact_runner(run, model_input["shape_signature"], dtype)
 
 
 def max_abs_diff(run, reference, batch):

@@ -9,6 +9,18 @@ Writes into the run folder (see `keras_parnet.runs`), or the folder `--out` name
     confusion_matrix_normalized.png    rows divided by the class support
     curves.png                         loss and accuracy per epoch (history.csv)
     worst_predictions.png              the most confidently wrong test images
+
+With `--artifact FILE` the classifier is an artifact written by
+`keras_parnet.export` (`.keras`, `.tflite`, `.onnx` or a SavedModel folder),
+run by its own runtime, on the same test split of the same run (RUN_DIR, else
+the artifact's folder when it holds a run.json, else the newest in
+`--logs-dir`): the same report, with `artifact`, `artifact_format` and
+`artifact_input` in report.json, so that what fusion and each quantization
+cost is the difference of two accuracies. It goes to
+`<run>/artifact_reports/<artifact name>/` (or `--out`), leaving the run's own
+report as it is. Images are read as for the Keras model
+(`keras_parnet.predict.predict_paths`); see
+`keras_parnet.predict.load_artifact_classifier` for what an artifact is fed.
 """
 
 import argparse
@@ -32,6 +44,8 @@ CONFUSION_PLOT = "confusion_matrix.png"
 CONFUSION_NORMALIZED_PLOT = "confusion_matrix_normalized.png"
 CURVES_PLOT = "curves.png"
 WORST_PLOT = "worst_predictions.png"
+# Where an artifact's report goes in its run folder: <run>/artifact_reports/<artifact name>/.
+ARTIFACT_REPORTS = "artifact_reports"
 # Above this many classes the per-cell numbers would overlap.
 MAX_ANNOTATED_CLASSES = 30
 
@@ -395,7 +409,8 @@ def resolve_dataset(config, run_dir, dataset=None):
 
 def predict_files(model, paths, config, batch_size=32):
     """Predicts image files as `predict.py` does (`keras_parnet.predict.predict_paths`,
-    run.json's `preprocessing`).
+    run.json's `preprocessing`) with a Keras model or a classifier function
+    (`keras_parnet.predict.as_classifier`).
 
     Returns:
         Float array `(len(paths), num_classes)`.
@@ -454,7 +469,7 @@ def write_plots(run_dir, report, paths, labels, probabilities, image_size, worst
 
 
 def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, worst=16,
-                 fuse=True, logs_dir="logs", out_dir=None):
+                 fuse=True, logs_dir="logs", out_dir=None, artifact=None):
     """Evaluates a trained run on the test split of its dataset.
 
     Args:
@@ -467,39 +482,60 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
         worst: how many misclassified images to plot (0: none).
         fuse: evaluate the reparameterized (inference) model.
         logs_dir: where to look for the newest run.
-        out_dir: where to write the report and plots (default: the run folder).
+        out_dir: where to write the report and plots (default: the run
+            folder; with `artifact`, `<run>/artifact_reports/<artifact name>/`).
+        artifact: an artifact written by `keras_parnet.export` to evaluate
+            instead of the run's Keras model (not with `weights` or
+            `fuse=False`); without `path`, the run is the artifact's folder
+            when it holds a run.json.
 
     Returns:
         The report dict written to `out_dir/report.json`: what
         `classification_report` returns plus the run, weights, dataset, the
+        artifact (`artifact`, `artifact_format`, `artifact_input`: `None`
+        for the Keras model; then `weights` and `fused` are `None`), the
         worst predictions (`worst`: path, true and predicted class and their
         probabilities), the output folder (`out_dir`) and the plot files
         (`plots`).
 
     Raises:
         OutputError: `out_dir` cannot be written (a file, read-only, full).
-        PredictError: the model outputs NaN (broken weights).
+        PredictError: the model outputs NaN (broken weights), or the artifact
+            is missing, unreadable or made for other classes.
     """
     from keras_parnet.data import scan_split
-    from keras_parnet.predict import check_finite
+    from keras_parnet.predict import check_finite, load_artifact_classifier, resolve_artifact
     from keras_parnet.runs import load_run, read_run, resolve_run
 
+    if artifact is not None:
+        if weights is not None:
+            raise EvaluateError("--weights and --artifact exclude each other: the artifact holds its weights.")
+        if not fuse:
+            raise EvaluateError("--no-fuse is for the run's Keras model: an artifact is evaluated as exported.")
+        artifact, run_dir = resolve_artifact(artifact, path, logs_dir)
+    else:
+        run_dir, _ = resolve_run(path, logs_dir)
     # The dataset and the output folder are checked before the (slower) model is built.
-    run_dir, _ = resolve_run(path, logs_dir)
     config = read_run(run_dir)
     dataset_dir = resolve_dataset(config, run_dir, dataset)
     split_dir = dataset_dir / "test"
     class_names = config["class_names"]
     paths, labels, _ = scan_split(split_dir, class_names)
-    if out_dir is None:
-        out_dir = output_dir(run_dir, "the run folder (write elsewhere with --out)")
-    else:
+    if out_dir is not None:
         out_dir = output_dir(out_dir, "--out")
-    model, config = load_run(path, weights, logs_dir)
-    if fuse:
-        from keras_parnet.reparam import reparameterize
+    elif artifact is not None:
+        out_dir = output_dir(Path(run_dir) / ARTIFACT_REPORTS / artifact.name,
+                             "the artifact's report folder (write elsewhere with --out)")
+    else:
+        out_dir = output_dir(run_dir, "the run folder (write elsewhere with --out)")
+    if artifact is not None:
+        model, config = load_artifact_classifier(artifact, config, run_dir)
+    else:
+        model, config = load_run(path, weights, logs_dir)
+        if fuse:
+            from keras_parnet.reparam import reparameterize
 
-        model = reparameterize(model)
+            model = reparameterize(model)
     # By path: a second scan (data.make_dataset) would decode every file again.
     probabilities = predict_files(model, paths, config, batch_size)
     check_finite(probabilities, paths)
@@ -511,10 +547,13 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
     predictions = probabilities.argmax(axis=1)
     report = {
         "run_dir": str(run_dir),
-        "weights": config["weights"],
+        "weights": config.get("weights"),
+        "artifact": config.get("artifact"),
+        "artifact_format": config.get("artifact_format"),
+        "artifact_input": config.get("artifact_input"),
         "dataset": str(dataset_dir),
         "split": "test",
-        "fused": bool(fuse),
+        "fused": bool(fuse) if artifact is None else None,
         **metrics,
         "worst": [
             {"path": str(paths[index]),
@@ -552,9 +591,11 @@ _non_negative_int = _int_at_least(0)
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
-        description="Evaluate a trained run on the test split of its dataset: accuracy, top-k "
-        "accuracy, per-class precision/recall/F1, confusion matrix, training curves and the worst "
-        "misclassified images, written into the run folder (report.json, report.txt, *.png).",
+        description="Evaluate a trained run (or, with --artifact, an artifact exported from it) on "
+        "the test split of its dataset: accuracy, top-k accuracy, per-class precision/recall/F1, "
+        "confusion matrix, training curves and the worst misclassified images, written into the "
+        "run folder (report.json, report.txt, *.png); an artifact's report goes to "
+        f"<run>/{ARTIFACT_REPORTS}/<artifact name>/.",
     )
     parser.add_argument("run", nargs="?", metavar="RUN_DIR",
                         help="run folder or a weights file beside its run.json (default: the newest "
@@ -571,8 +612,15 @@ def build_parser():
     parser.add_argument("--no-fuse", action="store_true",
                         help="evaluate the model as trained instead of its reparameterized (fused) form")
     parser.add_argument("--logs-dir", default="logs", metavar="DIR", help="where to find the newest run (default logs)")
+    parser.add_argument("--artifact", metavar="FILE",
+                        help="evaluate an artifact written by python -m keras_parnet.export (.keras, "
+                        ".tflite or .onnx file or SavedModel folder) with its own runtime instead of the "
+                        "run's Keras model, on the run's test split; the run is RUN_DIR, else the "
+                        "artifact's folder when it holds a run.json, else the newest in --logs-dir")
     parser.add_argument("--out", metavar="DIR",
-                        help="where to write the report and plots (default: the run folder)")
+                        help="where to write the report and plots (default: the run folder; with "
+                        f"--artifact, <run>/{ARTIFACT_REPORTS}/<artifact name>/, so the run's own "
+                        "report is kept)")
     return parser
 
 
@@ -580,18 +628,19 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_parnet.data import DatasetError, ImageError
+    from keras_parnet.export import ExportError
     from keras_parnet.predict import PredictError
     from keras_parnet.runs import RunError
 
     def evaluate():
         report = evaluate_run(args.run, args.weights, args.dataset, args.top_k, args.batch_size,
                               args.worst, fuse=not args.no_fuse, logs_dir=args.logs_dir,
-                              out_dir=args.out)
+                              out_dir=args.out, artifact=args.artifact)
         print(format_report(report), end="")
         print(f"Report and plots in {report['out_dir']}: {REPORT_JSON}, {REPORT_TEXT}, "
               f"{', '.join(report['plots'].values())}")
 
-    return run_tool(evaluate, (DatasetError, ImageError, RunError, EvaluateError, PredictError))
+    return run_tool(evaluate, (DatasetError, ImageError, RunError, EvaluateError, PredictError, ExportError))
 
 
 if __name__ == "__main__":

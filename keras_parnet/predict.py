@@ -9,6 +9,18 @@ The model, its weights, image size, preprocessing and class names (in label
 order) come from a run folder written by `train.py` (the newest in `logs/` by
 default, see `keras_parnet.runs`); flags override them. Images go through
 `keras_parnet.data.load_image`, the evaluation path of the training pipeline.
+
+    python predict.py --artifact logs/<run>/best_fused.tflite photos/
+
+classifies with an artifact written by `keras_parnet.export` (`.keras`,
+`.tflite`, `.onnx` or a SavedModel folder) through its own runtime instead:
+the class names and image size still come from the run (`--run`, else the
+artifact's folder when it holds a run.json), and must match the `labels.txt`
+beside the artifact. A uint8 artifact is given the 8-bit pixels and does the
+run's preprocessing itself; a float one is given `normalize(...)` of them.
+Keras models and artifacts go through one code path: `predict_paths` and
+`predict_probabilities` take a classifier function `images -> probabilities`
+(`as_classifier`, `artifact_classifier`).
 """
 
 import argparse
@@ -65,9 +77,22 @@ def rank(probabilities, class_names, top_k=DEFAULT_TOP_K):
     return [(class_names[index], float(probabilities[index])) for index in order]
 
 
+def as_classifier(model, preprocessing=None):
+    """A function `(N, H, W, 3)` images in [0, 1] -> `(N, classes)` probabilities.
+
+    A Keras model (anything with `predict_on_batch`) is fed
+    `normalize(images, preprocessing)`; anything else is taken to be such a
+    function already, e.g. an exported artifact's (`artifact_classifier`).
+    """
+    if not hasattr(model, "predict_on_batch"):
+        return model
+    return lambda images: np.asarray(model.predict_on_batch(normalize(images, preprocessing)))
+
+
 def predict_probabilities(model, images, preprocessing=None):
-    """`(N, H, W, 3)` images in [0, 1] -> `(N, classes)` model outputs."""
-    return np.asarray(model.predict_on_batch(normalize(images, preprocessing)))
+    """`(N, H, W, 3)` images in [0, 1] -> `(N, classes)` outputs of `model`,
+    a Keras model or a classifier function (see `as_classifier`)."""
+    return np.asarray(as_classifier(model, preprocessing)(images))
 
 
 def check_finite(probabilities, sources):
@@ -86,7 +111,8 @@ def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, pre
     """Classifies one image file.
 
     Args:
-        model: a classifier with a softmax top, inputs `(None, H, W, 3)`.
+        model: a Keras classifier with a softmax top, inputs `(None, H, W, 3)`,
+            or a classifier function (see `as_classifier`).
         path: image file (any format and mode PIL reads).
         class_names: names in label order.
         image_size: `(height, width)` or int, as the model was trained.
@@ -109,6 +135,10 @@ def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, pre
 def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH_SIZE):
     """Classifies many image files, `batch_size` at a time.
 
+    `model` is a Keras model or a classifier function (see `as_classifier`);
+    each file is read by `keras_parnet.data.load_image` at `image_size` with
+    `preprocessing`'s `crop_fraction`.
+
     Yields:
         `(path, image, probabilities, error)` in the order of `paths`: `image`
         the `(H, W, 3)` input in [0, 1] and `probabilities` `(classes,)`, or
@@ -117,6 +147,7 @@ def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH
     from keras_parnet.data import ImageError, load_image
 
     crop_fraction = (preprocessing or {}).get("crop_fraction")
+    classify = as_classifier(model, preprocessing)
     paths = iter(paths)
     while True:
         chunk = list(itertools.islice(paths, batch_size))
@@ -129,7 +160,7 @@ def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH
             except ImageError as error:
                 loaded.append((path, None, str(error)))
         images = [image for _, image, _ in loaded if image is not None]
-        outputs = iter(predict_probabilities(model, np.stack(images), preprocessing) if images else [])
+        outputs = iter(np.asarray(classify(np.stack(images))) if images else [])
         for path, image, error in loaded:
             yield path, image, (next(outputs) if image is not None else None), error
 
@@ -283,13 +314,18 @@ def load_predictor(args):
     (fused unless `--no-fuse`) and its settings (`class_names`, `image_size`,
     `preprocessing`, `weights`).
 
+    With `--artifact`, the model is the exported artifact's classifier
+    function instead (`load_artifact_predictor`).
+
     Raises:
-        RunError, PredictError: a missing or inconsistent run, weights file or
-            class list, with what to pass instead.
+        RunError, PredictError: a missing or inconsistent run, weights file,
+            artifact or class list, with what to pass instead.
     """
     from keras_parnet import runs
     from keras_parnet.models import load_weights_file
 
+    if args.artifact:
+        return load_artifact_predictor(args)
     config, weights = _run_config(args)
     config = _apply_overrides(config, args)
     full_model = not config.get("model") and weights.suffix == ".keras"
@@ -344,6 +380,148 @@ def fuse(model, may_be_fused=False):
             raise
         print(f"note: {error} Predicting with the model as loaded.", file=sys.stderr)
         return model
+
+
+# Exported artifacts --------------------------------------------------------------
+
+
+def artifact_classifier(run, preprocessing=None):
+    """The classifier function (see `as_classifier`) of a loaded artifact.
+
+    Args:
+        run: what `keras_parnet.export.load_artifact` returns.
+        preprocessing: the run's `preprocessing`, for a float artifact.
+
+    A uint8 artifact does the run's preprocessing itself and is given the
+    pixels `round(255 * images)`: exactly the 8-bit pixels for images read by
+    `load_image` at the run's size without a crop. A float artifact takes
+    what the network takes: `normalize(images, preprocessing)`.
+    """
+    if run.input_dtype == np.uint8:
+        return lambda images: np.asarray(run(np.round(np.asarray(images, np.float32) * 255).astype(np.uint8)))
+    return lambda images: np.asarray(run(normalize(images, preprocessing)))
+
+
+def resolve_artifact(artifact, run=None, logs_dir="logs"):
+    """`(artifact, run_dir)`: the artifact's path, checked to exist, and the
+    run it goes with: `run` (a run folder or a weights file beside its
+    run.json) when given, else the artifact's folder when it holds a run.json
+    (export writes beside the weights by default), else the newest run in
+    `logs_dir`."""
+    from keras_parnet import runs
+
+    path = Path(artifact).expanduser()
+    if not path.exists():
+        raise PredictError(f"artifact {path} does not exist: pass a .keras, .tflite or .onnx file or a "
+                           "SavedModel folder written by keras_parnet.export.")
+    if run is None and (path.parent / runs.RUN_FILE).is_file():
+        return path, path.parent
+    return path, runs.resolve_run(run, logs_dir)[0]
+
+
+def _first_difference(names, expected):
+    if len(names) != len(expected):
+        return f"{len(names)} names where the run has {len(expected)}"
+    line = next(index for index, (name, other) in enumerate(zip(names, expected)) if name != other)
+    return f"line {line + 1} is '{names[line]}' where the run has '{expected[line]}'"
+
+
+def check_artifact_labels(artifact, class_names):
+    """Raises `PredictError` when the `labels.txt` export wrote beside
+    `artifact` (if there is one) differs from `class_names`."""
+    from keras_parnet.export import LABELS_FILE
+
+    labels = Path(artifact).parent / LABELS_FILE
+    if not labels.is_file():
+        return
+    names = read_class_names(labels)
+    if names != list(class_names):
+        raise PredictError(f"{labels} does not match the run's class names ({_first_difference(names, class_names)}): "
+                           "the artifact was exported from another run; pass that run.")
+
+
+def _one_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def load_artifact_classifier(artifact, config, run_dir=None):
+    """Loads an exported artifact to classify the images of a run.
+
+    Args:
+        artifact: a file (or SavedModel folder) written by `keras_parnet.export`.
+        config: the run's config (`run.json`): `class_names`, `image_size`
+            and `preprocessing`.
+        run_dir: the run folder, named in errors.
+
+    Returns:
+        `(classifier, config)`: the classifier function (`artifact_classifier`)
+        and a copy of `config` with `artifact`, `artifact_format` and
+        `artifact_input` (`"uint8"` or `"float32"`) added. For a uint8 artifact
+        of a run with a `crop_fraction`, the artifact crops itself, so the
+        copy's preprocessing has none: images are given to it whole at the run's
+        size (a note says so).
+
+    Raises:
+        PredictError: the artifact cannot be loaded or run, its `labels.txt`,
+            input size or class count differ from the run's.
+        keras_parnet.export.ExportError: a path of no export format, or ONNX
+            without the export extra.
+    """
+    from keras_parnet import export
+
+    path = Path(artifact).expanduser()
+    run = f"the run {run_dir}" if run_dir is not None else "the run"
+    format = export.artifact_format(path)
+    check_artifact_labels(path, config["class_names"])
+    try:
+        loaded = export.load_artifact(path, format)
+    except export.ExportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any runtime's failure to read a user's file
+        raise PredictError(f"cannot load {path} as a {format} artifact ({_one_line(error)}): pass a file "
+                           "written by keras_parnet.export.") from None
+    height, width = config["image_size"]
+    artifact_size = loaded.input_shape[1:3]
+    if None not in artifact_size and list(artifact_size) != [height, width]:
+        raise PredictError(f"{path} takes {artifact_size[0]}x{artifact_size[1]} images but {run} was trained "
+                           f"at {height}x{width}: pass the run the artifact was exported from.")
+    config = {**config, "artifact": str(path), "artifact_format": format,
+              "artifact_input": loaded.input_dtype.name}
+    preprocessing = dict(config.get("preprocessing") or {})
+    if loaded.input_dtype == np.uint8 and preprocessing.get("crop_fraction"):
+        print(f"note: {path} takes uint8 images at {height}x{width} and does the run's crop "
+              f"({preprocessing.pop('crop_fraction')}) itself: each image is given to it whole, resized to "
+              f"{height}x{width}.", file=sys.stderr)
+    config["preprocessing"] = preprocessing
+    classify = artifact_classifier(loaded, preprocessing)
+    try:
+        outputs = classify(np.zeros((1, height, width, 3), np.float32))
+    except Exception as error:  # noqa: BLE001 - as above
+        raise PredictError(f"cannot run {path} on {height}x{width} images ({_one_line(error)}).") from None
+    classes = len(config["class_names"])
+    if outputs.ndim != 2 or outputs.shape[-1] != classes:
+        raise PredictError(f"{path} gives {outputs.shape[-1] if outputs.ndim else 0} class probabilities but "
+                           f"{run} names {classes} classes: pass the run the artifact was exported from.")
+    return classify, config
+
+
+def load_artifact_predictor(args):
+    """`(classifier, config)` for `--artifact`: the run from `--run`, the
+    artifact's folder or `--logs-dir` (`resolve_artifact`), its class names
+    (or `--classes`), and the artifact (`load_artifact_classifier`)."""
+    from keras_parnet import runs
+
+    model_flags = {"--weights": args.weights, "--model": args.model, "--widths": args.widths,
+                   "--small-input": args.small_input, "--image-size": args.image_size, "--no-fuse": args.no_fuse}
+    given = [flag for flag, value in model_flags.items() if value]
+    if given:
+        raise PredictError(f"--artifact holds the model, its size and its weights: drop {', '.join(given)}.")
+    path, run_dir = resolve_artifact(args.artifact, args.run, args.logs_dir)
+    config = runs.read_run(run_dir)
+    if args.classes:
+        config["class_names"] = read_class_names(args.classes)
+    return load_artifact_classifier(path, config, run_dir)
 
 
 # Command line ------------------------------------------------------------------
@@ -508,6 +686,12 @@ def build_parser():
     run.add_argument("--no-fuse", action="store_true",
                      help="predict with the trained (unfused) model instead of its folded "
                      "inference form; the outputs agree within 1e-4")
+    run.add_argument("--artifact", metavar="FILE",
+                     help="classify with an exported artifact (python -m keras_parnet.export): a .keras, "
+                     ".tflite or .onnx file or a SavedModel folder, instead of the run's weights; the run "
+                     "(--run, else the artifact's folder when it holds a run.json, else the newest in "
+                     "--logs-dir) gives the class names and image size, checked against the labels.txt "
+                     "beside the artifact")
     out = parser.add_argument_group("output")
     out.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                      help=f"classes printed per image at the prompt (default {DEFAULT_TOP_K})")
@@ -542,8 +726,11 @@ def predict(args, stdin):
         print(f"{reason}: figures are saved to {plot_dir}/.", file=sys.stderr)
     if interactive:
         height, width = config["image_size"]
-        print(f"{config['weights']}: {config.get('model', model.name)} at {height}x{width}, "
-              f"classes {', '.join(config['class_names'])}")
+        if "artifact" in config:
+            source = f"{config['artifact']}: {config['artifact_format']} artifact ({config['artifact_input']} input)"
+        else:
+            source = f"{config['weights']}: {config.get('model', model.name)}"
+        print(f"{source} at {height}x{width}, classes {', '.join(config['class_names'])}")
     reporter = Reporter(config["class_names"], args.top_k, args.csv, plot_dir, show,
                         verbose=interactive)
     try:
@@ -556,11 +743,12 @@ def predict(args, stdin):
 
 def main(argv=None):
     from keras_parnet.data import ImageError
+    from keras_parnet.export import ExportError
     from keras_parnet.runs import RunError
 
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return run_tool(lambda: predict(args, sys.stdin), (RunError, PredictError, ImageError))
+    return run_tool(lambda: predict(args, sys.stdin), (RunError, PredictError, ImageError, ExportError))
 
 
 if __name__ == "__main__":

@@ -448,3 +448,84 @@ def test_nan_weights_are_named_not_reported(run_copy, tmp_path, capsys):
     assert error.startswith("error: the model outputs NaN for ") and error.count("\n") == 1
     assert "pick another checkpoint with --weights" in error
     assert list(out.iterdir()) == []
+
+
+# An exported artifact evaluated on the run's test split ----------------------------
+
+
+@pytest.fixture(scope="module")
+def tflite_artifact(trained_run):
+    """The run's default TFLite artifact (uint8 input, unquantized), written
+    beside its weights with labels.txt, as `export.py` does."""
+    from keras_parnet import export
+
+    out, _ = export.export_run(trained_run[0], "tflite")
+    return out
+
+
+def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_path, capsys):
+    from keras_parnet import predict
+    from keras_parnet.runs import read_run
+
+    run_dir, test_paths, test_labels, probabilities = trained_run
+    # No RUN_DIR: the artifact's folder holds the run; the report goes beside the run's own.
+    assert evaluate.main(["--artifact", str(tflite_artifact), "--top-k", "2", "--logs-dir",
+                          str(tmp_path / "no-logs")]) == 0
+    out = run_dir / evaluate.ARTIFACT_REPORTS / tflite_artifact.name
+    assert f"Report and plots in {out}" in capsys.readouterr().out
+    report = json.loads((out / evaluate.REPORT_JSON).read_text())
+    assert (report["artifact"], report["artifact_format"], report["artifact_input"]) == (
+        str(tflite_artifact), "tflite", "uint8")
+    assert report["weights"] is None and report["fused"] is None and report["run_dir"] == str(run_dir)
+    assert {evaluate.CONFUSION_PLOT, evaluate.REPORT_TEXT} <= {path.name for path in out.iterdir()}
+
+    keras_report = evaluate.evaluate_run(run_dir, top_k=2, out_dir=tmp_path / "keras")
+    assert keras_report["artifact"] is None and keras_report["fused"] is True
+    for key in ("samples", "accuracy", "top_k_accuracy", "confusion_matrix"):
+        assert report[key] == keras_report[key], key
+    assert report["loss"] == pytest.approx(keras_report["loss"], abs=1e-4)
+    assert [entry["path"] for entry in report["worst"]] == [entry["path"] for entry in keras_report["worst"]]
+
+    # Image by image, through the one code path: the artifact's classifier and the trained model.
+    config = read_run(run_dir)
+    classify, artifact_config = predict.load_artifact_classifier(tflite_artifact, config)
+    artifact_probabilities = evaluate.predict_files(classify, test_paths, artifact_config, batch_size=4)
+    np.testing.assert_allclose(artifact_probabilities, probabilities, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(artifact_probabilities.argmax(1), probabilities.argmax(1))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist: pass a .keras, .tflite or .onnx file"),
+    ("garbage", "cannot load {artifact} as a tflite artifact"),
+    ("other labels", "labels.txt does not match the run's class names (line 2 is 'wolf' where the run has 'dog')"),
+    ("weights", "--weights and --artifact exclude each other"),
+])
+def test_artifact_errors_are_one_line(trained_run, tflite_artifact, tmp_path, capsys, case, message):
+    import shutil
+
+    from keras_parnet.export import LABELS_FILE
+
+    run_dir, *_ = trained_run
+    artifact = tmp_path / "model.tflite"
+    extra = []
+    if case == "garbage":
+        artifact.write_text("not a flatbuffer\n")
+    elif case == "other labels":
+        shutil.copy(tflite_artifact, artifact)
+        (tmp_path / LABELS_FILE).write_text("cat\nwolf\nfox\n")
+    elif case == "weights":
+        shutil.copy(tflite_artifact, artifact)
+        extra = ["--weights", str(run_dir / "best.weights.h5")]
+    out = tmp_path / "out"
+    assert evaluate.main([str(run_dir), "--artifact", str(artifact), "--out", str(out), *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message.format(artifact=artifact) in error, error
+    assert error.count("\n") == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_help_names_the_artifact_report_folder(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--artifact FILE" in help_text and "<run>/artifact_reports/<artifact name>/" in help_text

@@ -360,3 +360,65 @@ def test_fuse_raises_for_a_run_model_and_passes_a_full_model_through(capsys):
         predict.fuse(unfoldable)
     assert predict.fuse(unfoldable, may_be_fused=True) is unfoldable
     assert capsys.readouterr().err.startswith("note: reparameterize needs a functional keras.Model")
+
+
+# An exported artifact instead of the run's weights ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def float_artifact(known):
+    """A TFLite artifact of the known run that takes what the network takes
+    (`--input float`), exported into a folder of its own with its labels.txt."""
+    from keras_parnet import export
+
+    out, _ = export.export_run(known["run_dir"], "tflite", known["root"] / "deploy" / "float.tflite",
+                               input="float")
+    return out
+
+
+def test_artifact_predicts_what_the_run_predicts(known, float_artifact, monkeypatch, capsys, tmp_path):
+    images = known["images"]
+    paths = [images / "folder", images / "*.png", images / "cmyk.jpg", images / "light.jpg"]
+    results = {}
+    for name, flags in (("run", []), ("artifact", ["--artifact", float_artifact])):
+        code, out, err = run_main(monkeypatch, capsys, [*paths, "--run", known["run_dir"], *flags,
+                                                        "--csv", tmp_path / f"{name}.csv"])
+        assert code == 0 and not err
+        results[name] = ([line.split("\t")[:2] for line in out], csv_probabilities(tmp_path / f"{name}.csv"))
+    assert results["artifact"][0] == results["run"][0] and len(results["run"][0]) == 6
+    expected = results["run"][1]
+    assert set(results["artifact"][1]) == set(expected)
+    for path, probabilities in results["artifact"][1].items():
+        np.testing.assert_allclose(probabilities, expected[path], rtol=0, atol=1e-4, err_msg=path)
+
+    # Piped paths take the same path through the classifier.
+    code, out, err = run_main(monkeypatch, capsys, ["--run", known["run_dir"], "--artifact", float_artifact],
+                              f"{images / 'dark.png'}\n")
+    assert code == 0 and not err and out == [f"{images / 'dark.png'}\tzebra_dark\t0.800"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other labels", "labels.txt does not match the run's class names (line 1 is 'ant_light' where the run "
+                     "has 'zebra_dark')"),
+    ("more classes", "gives 2 class probabilities but the run {run} names 3 classes"),
+    ("model flags", "--artifact holds the model, its size and its weights: drop --weights, --no-fuse."),
+])
+def test_artifact_mismatches_are_one_line(known, float_artifact, monkeypatch, capsys, tmp_path, case, message):
+    from keras_parnet.export import LABELS_FILE
+
+    run_dir = known["run_dir"]
+    artifact = tmp_path / "deploy" / float_artifact.name
+    artifact.parent.mkdir()
+    shutil.copy(float_artifact, artifact)
+    flags = []
+    if case == "other labels":
+        (artifact.parent / LABELS_FILE).write_text("ant_light\nzebra_dark\n")
+    elif case == "more classes":  # no labels.txt: the artifact's outputs are counted
+        run_dir = tmp_path / "run"
+        runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, SIZE, [*CLASSES, "extra"])
+    else:
+        flags = ["--weights", run_dir / runs.BEST_WEIGHTS, "--no-fuse"]
+    code, out, err = run_main(monkeypatch, capsys, [known["images"] / "dark.png", "--run", run_dir,
+                                                    "--artifact", artifact, *flags])
+    assert code == 2 and not out and len(err) == 1
+    assert err[0].startswith("error: ") and message.format(run=run_dir) in err[0], err[0]

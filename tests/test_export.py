@@ -298,3 +298,31 @@ def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path,
     assert export.main([str(trained_run[0]), "--format", "tflite", "--out", str(previous)]) == 130
     assert previous.read_bytes() == b"previous"
     assert [path.name for path in tmp_path.iterdir()] == ["model.tflite"]
+
+
+def test_int8_tflite_keeps_the_test_accuracy_of_a_trained_run(tmp_path):
+    """Full-integer int8, calibrated on the run's training images, graded as
+    a user would: evaluate.py on the test split, run vs artifact. Dark and
+    bright images differ by ~170 gray levels, so a trained model's classes are
+    far apart; int8 rounding moves probabilities by about 1e-2 here, which may
+    flip at most an image that sits on the boundary: one of the 12."""
+    from conftest import write_dark_bright_dataset
+
+    from keras_parnet import evaluate, train
+
+    data = write_dark_bright_dataset(tmp_path / "data", (12, 12), (6, 6))
+    logs = tmp_path / "logs"
+    assert train.main(["--dataset", str(data), "--logs-dir", str(logs), "--run-name", "r",
+                       "--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--small-input", "--batch-size", "4",
+                       "--epochs", "5", "--seed", "1", "--no-augment"]) == 0
+    run_dir = logs / "r"
+    assert export.main([str(run_dir), "--format", "tflite", "--quantize", "int8",
+                        "--calibration-images", "24"]) == 0
+    artifact = export.default_output(run_dir / runs.BEST_WEIGHTS, "tflite", "int8")
+    assert evaluate.main([str(run_dir), "--worst", "0"]) == 0
+    assert evaluate.main(["--artifact", str(artifact), "--worst", "0"]) == 0
+    trained = json.loads((run_dir / evaluate.REPORT_JSON).read_text())
+    quantized = json.loads((run_dir / evaluate.ARTIFACT_REPORTS / artifact.name / evaluate.REPORT_JSON).read_text())
+    assert trained["samples"] == quantized["samples"] == 12
+    assert trained["accuracy"] >= 0.75, trained["accuracy"]  # the run learned the classes
+    assert abs(quantized["accuracy"] - trained["accuracy"]) <= 1 / 12

@@ -297,6 +297,7 @@ def _check_images(paths):
             return {path: error for path, decoder in chunk if (error := _decode_error(path, decoder))}
 
     threads = min(16, (os.cpu_count() or 1) * 4)
+    _decode_all.get_concrete_function()  # traced once here, not once per thread (and a retracing warning)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         results = dict(zip(paths, pool.map(identify, paths)))
         for_tensorflow = [(path, result) for path, result in results.items() if result in (JPEG, PNG, BMP)]

@@ -46,7 +46,8 @@ Reference:
 
 Widths (w0, w1, w2, w3) = {widths}; streams of 4, 5 and 5 ParNet blocks;
 {params} trainable parameters with the 1000-class top (unfused form).
-Inputs are channels-last RGB in [0, 1], any size from 32 px.
+Inputs are channels-last RGB, any size from 32 px: floats in [0, 1] by
+default, or pixels in [0, 255] with `include_preprocessing=True`.
 
 Args:
     include_top: whether to include the pooling and dense classifier.
@@ -63,13 +64,33 @@ Args:
         32x32 inputs; output stride 8 instead of 32).
     activation: block non-linearity, `"silu"` as in the paper.
     name: model name.
+    include_preprocessing: start the model with the layers that prepare
+        0-255 RGB pixels (`Rescaling(1/255)`, then `Normalization` when
+        `normalization` is given), as `keras.applications` models do; they
+        hold no weights. Default `False`: the model takes [0, 1] floats, as
+        these builders always have (with `True`, such inputs would be scaled
+        again without any error). A run's model (`keras_parnet.runs.load_run`)
+        is built with `True`.
+    normalization: `None`, or `(mean, std)` per channel of the [0, 1]
+        pixels, applied after rescaling with `include_preprocessing=True`;
+        the official ImageNet weights use
+        `((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))`.
 
 Returns:
     A `keras.Model`.
 """
 
 
-def _check_arguments(widths, include_top, weights, input_shape, pooling, classes, dropout):
+def _check_arguments(widths, include_top, weights, input_shape, pooling, classes, dropout,
+                     include_preprocessing, normalization):
+    if normalization is not None:
+        if not include_preprocessing:
+            raise ValueError("`normalization` needs `include_preprocessing=True`: it is applied by "
+                             "the model's preprocessing layers.")
+        if len(normalization) != 2 or any(len(values) != 3 for values in normalization):
+            raise ValueError(f"`normalization` must be (mean, std) with 3 values each, got {normalization!r}.")
+        if any(float(value) <= 0 for value in normalization[1]):
+            raise ValueError(f"`normalization` std values must be positive, got {normalization[1]!r}.")
     if len(widths) != 4 or any(int(w) < 1 for w in widths):
         raise ValueError(f"`widths` must be 4 positive integers (w0, w1, w2, w3), got {widths}.")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
@@ -129,6 +150,16 @@ def load_weights_file(model, path):
         ) from None
 
 
+def preprocessing_layers(x, normalization=None):
+    """0-255 RGB pixels -> the network's input: `Rescaling(1/255)` and, with
+    `normalization=(mean, std)`, `Normalization` (constants, no weights)."""
+    x = layers.Rescaling(1 / 255, name="rescaling")(x)
+    if normalization is not None:
+        mean, std = ([float(value) for value in values] for values in normalization)
+        x = layers.Normalization(mean=mean, variance=[value**2 for value in std], name="normalization")(x)
+    return x
+
+
 def ParNet(
     widths,
     include_top=True,
@@ -142,6 +173,8 @@ def ParNet(
     small_input=False,
     activation="silu",
     name="parnet",
+    include_preprocessing=False,
+    normalization=None,
 ):
     """Instantiates a ParNet of any widths.
 
@@ -155,7 +188,8 @@ def ParNet(
     """
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
-    _check_arguments(widths, include_top, weights, input_shape, pooling, classes, dropout)
+    _check_arguments(widths, include_top, weights, input_shape, pooling, classes, dropout,
+                     include_preprocessing, normalization)
     w0, w1, w2, w3 = (int(w) for w in widths)
 
     if input_shape is None:
@@ -167,8 +201,11 @@ def ParNet(
     else:
         img_input = input_tensor
 
+    x = img_input
+    if include_preprocessing:
+        x = preprocessing_layers(x, normalization)
     stem_strides = 1 if small_input else 2
-    x = repvgg_block(img_input, min(64, w0), stem_strides, activation, "downsample1")
+    x = repvgg_block(x, min(64, w0), stem_strides, activation, "downsample1")
     stream1_in = repvgg_block(x, w0, stem_strides, activation, "downsample2")
     stream2_in = downsampling_block(stream1_in, w1, activation=activation, name="downsample3")
     stream3_in = downsampling_block(stream2_in, w2, activation=activation, name="downsample4")
@@ -214,6 +251,8 @@ def _builder(model_name, params):
         small_input=False,
         activation="silu",
         name=model_name,
+        include_preprocessing=False,
+        normalization=None,
     ):
         return ParNet(
             config["widths"],
@@ -228,6 +267,8 @@ def _builder(model_name, params):
             small_input=small_input,
             activation=activation,
             name=name,
+            include_preprocessing=include_preprocessing,
+            normalization=normalization,
         )
 
     builder.__name__ = builder.__qualname__ = model_name

@@ -13,6 +13,7 @@ weights; nothing re-derives class names or sizes from folders.
 
 import datetime
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +21,11 @@ RUN_FILE = "run.json"
 BEST_WEIGHTS = "best.weights.h5"
 # Pixels scaled to [0, 1], what train.py feeds the network.
 DEFAULT_PREPROCESSING = {"rescale": 1 / 255}
+# run.json `preprocessing` keys: `rescale`, `mean` and `std` become the model's
+# first layers (`models.preprocessing_layers`); `crop_fraction` is applied when
+# images are decoded (`data.load_image`); `interpolation` only names the resize
+# decoding does (older converted runs record it).
+PREPROCESSING_KEYS = ("rescale", "mean", "std", "crop_fraction", "interpolation")
 REQUIRED_KEYS = ("model", "model_kwargs", "image_size", "class_names")
 
 
@@ -115,7 +121,39 @@ def read_run(run_dir):
     if not config["class_names"]:
         raise RunError(f"{path} lists no class names.")
     config.setdefault("preprocessing", dict(DEFAULT_PREPROCESSING))
+    try:
+        preprocessing_arguments(config)
+    except RunError as error:
+        raise RunError(f"{path}: {error}") from None
     return config
+
+
+def preprocessing_arguments(config):
+    """The builder arguments that put a run's `preprocessing` into its model:
+    `{"include_preprocessing": True, "normalization": (mean, std) or None}`.
+
+    Raises:
+        RunError: a preprocessing the model and decoding cannot do.
+    """
+    preprocessing = {**DEFAULT_PREPROCESSING, **config.get("preprocessing", {})}
+    unknown = sorted(set(preprocessing) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise RunError(f"preprocessing {', '.join(unknown)} is not supported "
+                       f"(supported: {', '.join(PREPROCESSING_KEYS)}).")
+    if not math.isclose(float(preprocessing["rescale"]), 1 / 255, rel_tol=1e-6):
+        raise RunError(f"preprocessing rescale {preprocessing['rescale']} is not supported: models "
+                       "take 0-255 pixels and scale them by 1/255.")
+    resize = "bilinear" if preprocessing.get("crop_fraction") else "nearest"
+    if preprocessing.get("interpolation", resize) != resize:
+        raise RunError(f"preprocessing interpolation '{preprocessing['interpolation']}' is not supported: "
+                       f"this run's images are resized '{resize}' (remove the key).")
+    if "mean" not in preprocessing and "std" not in preprocessing:
+        return {"include_preprocessing": True, "normalization": None}
+    mean = preprocessing.get("mean", [0.0, 0.0, 0.0])
+    std = preprocessing.get("std", [1.0, 1.0, 1.0])
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise RunError(f"preprocessing mean {mean} and std {std} must be 3 values each, std positive.")
+    return {"include_preprocessing": True, "normalization": (mean, std)}
 
 
 def find_latest_run(logs_dir="logs"):
@@ -143,8 +181,14 @@ def resolve_run(path=None, logs_dir="logs"):
     return run_dir, run_dir / BEST_WEIGHTS
 
 
-def build_model(config, **overrides):
-    """Rebuilds the (random-weight) model a run config describes."""
+def build_model(config, include_preprocessing=False, **overrides):
+    """Rebuilds the (random-weight) model a run config describes.
+
+    With `include_preprocessing`, the model starts with the run's
+    preprocessing layers (see `preprocessing_arguments`) and takes 0-255 RGB
+    pixels at the run's size; without, it takes what they would output.
+    Weights saved with or without these layers load either way (they hold none).
+    """
     from keras_parnet.models import BUILDERS, ParNet
 
     builders = {builder.__name__: builder for builder in BUILDERS.values()}
@@ -157,12 +201,13 @@ def build_model(config, **overrides):
         **config["model_kwargs"],
         "input_shape": (*config["image_size"], 3),
         "classes": len(config["class_names"]),
+        **(preprocessing_arguments(config) if include_preprocessing else {}),
         **overrides,
     }
     return builders[config["model"]](**kwargs)
 
 
-def load_run(path=None, weights=None, logs_dir="logs"):
+def load_run(path=None, weights=None, logs_dir="logs", include_preprocessing=False):
     """Rebuilds a trained model from its run folder.
 
     Args:
@@ -171,6 +216,7 @@ def load_run(path=None, weights=None, logs_dir="logs"):
         weights: a weights file to use instead of the run's `best.weights.h5`
             (`.weights.h5`, legacy `.h5` or `.keras`).
         logs_dir: where to look for runs when `path` is `None`.
+        include_preprocessing: see `build_model`.
 
     Returns:
         `(model, config)`: the model with weights loaded, and the run config.
@@ -190,7 +236,7 @@ def load_run(path=None, weights=None, logs_dir="logs"):
             f"{weights} not found: the run has not finished an epoch; train on with "
             f"`python train.py --resume {run_dir}`, or name another run."
         )
-    model = build_model(config)
+    model = build_model(config, include_preprocessing)
     try:
         load_weights_file(model, weights)
     except (FileNotFoundError, ValueError) as error:

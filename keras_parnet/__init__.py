@@ -1,42 +1,32 @@
-"""ParNet ("Non-deep Networks", Goyal et al. 2021) for Keras 3."""
+"""ParNet ("Non-deep Networks", Goyal et al. 2021) for Keras 3.
+
+Importing the package loads nothing heavy: each public name imports its
+module (and so Keras) on first use. The custom layers register with Keras
+when `keras_parnet.layers` is imported, which any builder does; import it
+before `keras.saving.load_model` of a `.keras` file.
+"""
 
 import importlib
-import os
-
-# TensorFlow's C++ info lines drown the tools' output; a user's setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from keras_parnet.blocks import (  # noqa: E402
-    conv_bn,
-    downsampling_block,
-    fusion_block,
-    parnet_block,
-    sse,
-    stream,
-)
-# Importing the layers registers them, so `.keras` files load after `import keras_parnet`.
-from keras_parnet.layers import ChannelShuffle, InterleaveChannels
-from keras_parnet.models import (
-    BUILDERS,
-    ParNet,
-    load_weights_file,
-    parnet_l,
-    parnet_m,
-    parnet_s,
-    parnet_xl,
-)
-from keras_parnet.runs import load_run
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BUILDERS", "ChannelShuffle", "InterleaveChannels", "ParNet", "conv_bn",
-    "downsampling_block", "fusion_block", "load_run", "load_weights_file", "parnet_block",
-    "parnet_l", "parnet_m", "parnet_s", "parnet_xl", "sse", "stream",
-]
-
-# The tools' entry points, imported on first use.
-_LAZY = {
+_MODULES = {
+    "conv_bn": "keras_parnet.blocks",
+    "downsampling_block": "keras_parnet.blocks",
+    "fusion_block": "keras_parnet.blocks",
+    "parnet_block": "keras_parnet.blocks",
+    "sse": "keras_parnet.blocks",
+    "stream": "keras_parnet.blocks",
+    "ChannelShuffle": "keras_parnet.layers",
+    "InterleaveChannels": "keras_parnet.layers",
+    "BUILDERS": "keras_parnet.models",
+    "ParNet": "keras_parnet.models",
+    "load_weights_file": "keras_parnet.models",
+    "parnet_s": "keras_parnet.models",
+    "parnet_m": "keras_parnet.models",
+    "parnet_l": "keras_parnet.models",
+    "parnet_xl": "keras_parnet.models",
+    "load_run": "keras_parnet.runs",
     "reparameterize": "keras_parnet.reparam",
     "predict_image": "keras_parnet.predict",
     "classification_report": "keras_parnet.evaluate",
@@ -44,8 +34,16 @@ _LAZY = {
     "analyze_dataset": "keras_parnet.analyze",
 }
 
+__all__ = sorted(_MODULES)
+
 
 def __getattr__(name):
-    if name not in _LAZY:
+    if name not in _MODULES:
         raise AttributeError(f"module 'keras_parnet' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    value = getattr(importlib.import_module(_MODULES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_MODULES})

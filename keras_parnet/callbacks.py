@@ -31,7 +31,7 @@ from pathlib import Path
 import keras
 
 from keras_parnet import distribute
-from keras_parnet._cli import write_atomically
+from keras_parnet.files import write_atomically
 from keras_parnet.runs import BEST_WEIGHTS, RunError
 
 EPOCH_WEIGHTS = "ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.weights.h5"

@@ -98,7 +98,7 @@ def run_config(model_name, model_kwargs, image_size, class_names, preprocessing=
 def save_run(run_dir, config):
     """Writes `config` to `run_dir/run.json` atomically (creating the
     folder if needed) and returns it."""
-    from keras_parnet._cli import write_atomically
+    from keras_parnet.files import write_atomically
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import keras
 
-from keras_parnet import distribute
+from keras_parnet import compat, distribute
 from keras_parnet.files import write_atomically
 from keras_parnet.runs import BEST_WEIGHTS, RunError
 
@@ -277,19 +277,19 @@ class RunCheckpoint(keras.callbacks.Callback):
                 self.model.load_weights(path)
             except (ValueError, KeyError, OSError) as error:
                 raise damaged_backup(self.run_dir, f"{path.name} does not fit the model: {error}") from None
-            self.model._initial_epoch = epochs_done
+            compat.set_initial_epoch(self.model, epochs_done)
         roll_back(self.run_dir, epochs_done)
         self.fieldnames, self.rows = read_history(self.run_dir)
         self.best = best_val_loss(self.run_dir)
 
     def _take_chiefs_state(self, strategy):
         state = self.model.weights + self.model.optimizer.variables
-        epoch = keras.ops.convert_to_tensor(self.model._initial_epoch or 0, "int64")
+        epoch = keras.ops.convert_to_tensor(compat.initial_epoch(self.model) or 0, "int64")
         epoch, *values = distribute.broadcast_from_chief(
             strategy, [epoch, *(keras.ops.convert_to_tensor(variable) for variable in state)])
         for variable, value in zip(state, values):
             variable.assign(value)
-        self.model._initial_epoch = int(epoch)
+        compat.set_initial_epoch(self.model, int(epoch))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_parnet import compat
+
 __all__ = ["reparameterize", "fold_batch_norm"]
 
 
@@ -38,10 +40,10 @@ def _graph(model):
                 f"reparameterize: model '{model.name}' nests model '{layer.name}'; "
                 "pass the ParNet model itself (as the keras_parnet builders make it)."
             )
-        if len(layer._inbound_nodes) > 1:
+        if compat.call_count(layer) > 1:
             raise ValueError(
                 f"reparameterize: layer '{layer.name}' is shared (called "
-                f"{len(layer._inbound_nodes)} times); only unshared layers can be folded."
+                f"{compat.call_count(layer)} times); only unshared layers can be folded."
             )
         producers[id(layer.output)] = layer
         if not isinstance(layer, layers.InputLayer):
@@ -221,7 +223,7 @@ def reparameterize(model):
     Raises:
         ValueError: the model is not a functional model or has nothing to fold.
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+    if not compat.is_functional(model):
         raise ValueError(
             f"reparameterize needs a functional keras.Model, got {type(model).__name__}."
         )

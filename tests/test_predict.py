@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY_WIDTHS, randomize_batch_norm
-from keras.src.legacy.saving import legacy_h5_format
 from PIL import Image
 
-from keras_parnet import data, predict, runs
+from keras_parnet import compat, data, plots, predict, runs
+from keras_parnet.cli import predict as predict_cli
 
 SIZE = 32
 # Label order on purpose not sorted: label 0 is the dark class.
@@ -75,9 +75,8 @@ def loaded(known, monkeypatch):
     """main() with the known run loaded once (as `--run` loads it), for the
     tests of what happens after loading."""
     if "predictor" not in known:
-        args = predict.build_parser().parse_args(["--run", str(known["run_dir"])])
-        known["predictor"] = predict.load_predictor(args)
-    monkeypatch.setattr(predict, "load_predictor", lambda args: known["predictor"])
+        known["predictor"] = predict.load_predictor(known["run_dir"])
+    monkeypatch.setattr(predict_cli, "load", lambda args: known["predictor"])
 
 
 class FakeTerminal(io.StringIO):
@@ -87,7 +86,7 @@ class FakeTerminal(io.StringIO):
 
 def run_main(monkeypatch, capsys, argv, stdin=""):
     monkeypatch.setattr("sys.stdin", stdin if isinstance(stdin, io.StringIO) else io.StringIO(stdin))
-    code = predict.main([str(arg) for arg in argv])
+    code = predict_cli.main([str(arg) for arg in argv])
     out, err = capsys.readouterr()
     return code, out.splitlines(), err.splitlines()
 
@@ -109,7 +108,7 @@ def test_predict_image_matches_known_answer_and_title(known):
         assert [n for n, _ in ranked] == [expected, *(n for n in CLASSES if n != expected)]
         np.testing.assert_allclose([p for _, p in ranked], sorted(reference, reverse=True), atol=1e-5)
         assert ranked[0][1] == pytest.approx(WIN, abs=1e-4)
-        figure = predict.plot_prediction(np.asarray(Image.open(known["images"] / name)) / 255, ranked)
+        figure = plots.plot_prediction(np.asarray(Image.open(known["images"] / name)) / 255, ranked)
         assert figure.axes[0].get_title() == f"{expected}:0.800"
 
 
@@ -134,10 +133,10 @@ def test_interactive_prompt_shows_top_k_and_saves_titled_figure(known, monkeypat
     stdin = FakeTerminal(" '~/light.jpg' \n\"~/gray.png\"\n\nnever read\n")
     code, out, err = run_main(monkeypatch, capsys, ["--run", known["run_dir"], "--top-k", "2"], stdin)
     assert code == 0
-    assert out[1] == predict.PROMPT + "  ant_light   0.800"
+    assert out[1] == predict_cli.PROMPT + "  ant_light   0.800"
     assert out[2] == "  zebra_dark  0.200"
-    assert out[4] == predict.PROMPT + "  zebra_dark  0.800"
-    assert out[-1] == predict.PROMPT
+    assert out[4] == predict_cli.PROMPT + "  zebra_dark  0.800"
+    assert out[-1] == predict_cli.PROMPT
     assert not any("never read" in line for line in out + err)
     # No display here: the figures went to predictions/ with the title inside.
     assert err == ["no display: figures are saved to predictions/."]
@@ -155,9 +154,9 @@ def test_interactive_loop_ends_cleanly(known, loaded, monkeypatch, capsys, tmp_p
     else:
         stdin = FakeTerminal(ending)
     code, out, err = run_main(
-        monkeypatch, capsys, ["--run", known["run_dir"], "--save-plots", tmp_path], stdin)
+        monkeypatch, capsys, ["--run", known["run_dir"], "--out", tmp_path], stdin)
     assert code == 0
-    assert out[-1].startswith(predict.PROMPT) and not err
+    assert out[-1].startswith(predict_cli.PROMPT) and not err
 
 
 def test_batch_paths_folders_globs_and_csv(known, loaded, monkeypatch, capsys, tmp_path):
@@ -165,7 +164,7 @@ def test_batch_paths_folders_globs_and_csv(known, loaded, monkeypatch, capsys, t
     plots = tmp_path / "plots"
     code, out, err = run_main(monkeypatch, capsys, [
         images / "folder", images / "*.png", images / "cmyk.jpg", "--run", known["run_dir"],
-        "--csv", tmp_path / "out.csv", "--save-plots", plots])
+        "--csv", tmp_path / "out.csv", "--out", plots])
     assert code == 0 and not err
     expected = {"folder/inside.png": "ant_light", "dark.png": "zebra_dark", "gray.png": "zebra_dark",
                 "rgba.png": "ant_light", "cmyk.jpg": "zebra_dark"}
@@ -195,10 +194,10 @@ def test_class_names_come_from_the_run_in_label_order(known, monkeypatch, capsys
     dark = known["images"] / "dark.png"
     code, out, _ = run_main(monkeypatch, capsys, [dark, "--run", known["run_dir"]])
     assert code == 0 and out == [f"{dark}\tzebra_dark\t0.800"]
-    # --classes overrides the run's names, position by position.
+    # --class-names overrides the run's names, position by position.
     (tmp_path / "classes.txt").write_text("first\nsecond\n")
     code, out, _ = run_main(monkeypatch, capsys,
-                            [dark, "--run", known["run_dir"], "--classes", tmp_path / "classes.txt"])
+                            [dark, "--run", known["run_dir"], "--class-names", tmp_path / "classes.txt"])
     assert code == 0 and out == [f"{dark}\tfirst\t0.800"]
 
 
@@ -207,7 +206,7 @@ def test_every_weights_format_gives_identical_probabilities(known, tmp_path):
     shutil.copytree(known["run_dir"], run_dir)
     model = known["model"]
     with h5py.File(run_dir / "legacy.h5", "w") as file:  # Keras 2 `save_weights("x.h5")`
-        legacy_h5_format.save_weights_to_hdf5_group(file, model)
+        compat.save_legacy_h5_weights(model, file)
     model.save(run_dir / "model.keras")
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -220,15 +219,15 @@ def test_every_weights_format_gives_identical_probabilities(known, tmp_path):
         "legacy.h5": ["--run", run_dir, "--weights", run_dir / "legacy.h5", "--no-fuse"],
         "keras": ["--weights", run_dir / "model.keras", "--no-fuse"],
         # No run.json: the .keras holds the model, the flags say the rest.
-        "bare keras": ["--weights", bare / "model.keras", "--classes", bare / "classes.txt", "--no-fuse"],
-        "bare weights.h5": ["--weights", bare / runs.BEST_WEIGHTS, "--classes", bare / "classes.txt",
+        "bare keras": ["--weights", bare / "model.keras", "--class-names", bare / "classes.txt", "--no-fuse"],
+        "bare weights.h5": ["--weights", bare / runs.BEST_WEIGHTS, "--class-names", bare / "classes.txt",
                             "--widths", *TINY_WIDTHS, "--image-size", SIZE, "--no-fuse"],
     }
     inputs = np.concatenate([uniform(DARK), uniform(LIGHT)])
     results = {}
     for name, flags in sources.items():
-        args = predict.build_parser().parse_args([str(flag) for flag in flags])
-        loaded, config = predict.load_predictor(args)
+        args = predict_cli.build_parser().parse_args([str(flag) for flag in flags])
+        loaded, config = predict_cli.load(args)
         assert config["class_names"] == CLASSES and config["image_size"] == [SIZE, SIZE]
         # Eager calls: tracing a predict function per model would dominate the test.
         results[name] = keras.ops.convert_to_numpy(
@@ -254,7 +253,7 @@ def test_class_count_mismatch_is_one_clear_line(known, monkeypatch, capsys, tmp_
     known["model"].save(tmp_path / "model.keras")
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
     code, out, err = run_main(monkeypatch, capsys, [
-        known["images"] / "dark.png", "--weights", tmp_path / "model.keras", "--classes", tmp_path / "three.txt"])
+        known["images"] / "dark.png", "--weights", tmp_path / "model.keras", "--class-names", tmp_path / "three.txt"])
     assert code == 2 and len(err) == 1
     assert "has 2 outputs but the class list names 3 classes" in err[0]
 
@@ -264,7 +263,6 @@ def test_class_count_mismatch_is_one_clear_line(known, monkeypatch, capsys, tmp_
     [
         (["--logs-dir", "{tmp}/empty"], "no run found in"),
         (["--weights", "{tmp}/lonely.weights.h5"], "has no run.json beside it: pass the architecture"),
-        (["--top-k", "0"], "--top-k must be at least 1"),
     ],
 )
 def test_setting_errors(monkeypatch, capsys, tmp_path, argv, message):
@@ -284,9 +282,9 @@ def test_normalize_follows_run_preprocessing():
 
 def test_clean_path(monkeypatch):
     monkeypatch.setenv("HOME", "/home/user")
-    assert predict.clean_path("  '~/a b.jpg'\n") == "/home/user/a b.jpg"
-    assert predict.clean_path('"/x/y.png" ') == "/x/y.png"
-    assert predict.clean_path("\n") == ""
+    assert predict_cli.clean_path("  '~/a b.jpg'\n") == "/home/user/a b.jpg"
+    assert predict_cli.clean_path('"/x/y.png" ') == "/x/y.png"
+    assert predict_cli.clean_path("\n") == ""
 
 
 def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
@@ -309,9 +307,9 @@ def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
 # Failure paths: one line, exit 2, nothing written before lost ---------------------
 
 
-@pytest.mark.parametrize("size", [7, -5, 0])
+@pytest.mark.parametrize("size", [7, 31])
 def test_image_size_below_the_minimum_is_one_line(known, monkeypatch, capsys, size):
-    monkeypatch.setattr(predict, "load_predictor", lambda args: pytest.fail("loaded before checking"))
+    monkeypatch.setattr(predict_cli, "load", lambda args: pytest.fail("loaded before checking"))
     code, out, err = run_main(monkeypatch, capsys, [known["images"] / "dark.png", "--run", known["run_dir"],
                                                     "--image-size", size])
     assert code == 2 and not out
@@ -322,7 +320,7 @@ def test_image_size_below_the_minimum_is_one_line(known, monkeypatch, capsys, si
 def test_image_size_below_the_minimum_in_a_real_process(known):
     from conftest import assert_one_line_error, run_cli
 
-    result = run_cli("keras_parnet.predict", known["images"] / "dark.png", "--run", known["run_dir"],
+    result = run_cli("keras_parnet.cli.predict", known["images"] / "dark.png", "--run", known["run_dir"],
                      "--image-size", 7)
     assert_one_line_error(result, "--image-size 7", "32 px minimum")
     assert not result.stdout
@@ -331,11 +329,11 @@ def test_image_size_below_the_minimum_in_a_real_process(known):
 def test_save_plots_onto_a_file_is_one_line_before_loading(known, monkeypatch, capsys, tmp_path):
     in_the_way = tmp_path / "plots"
     in_the_way.write_text("kept\n")
-    monkeypatch.setattr(predict, "load_predictor", lambda args: pytest.fail("loaded before checking"))
+    monkeypatch.setattr(predict_cli, "load", lambda args: pytest.fail("loaded before checking"))
     code, out, err = run_main(monkeypatch, capsys, [known["images"] / "dark.png", "--run", known["run_dir"],
-                                                    "--save-plots", in_the_way])
+                                                    "--out", in_the_way])
     assert code == 2 and not out
-    assert err == [f"error: --save-plots {in_the_way} is a file, not a folder: pass a folder."]
+    assert err == [f"error: --out {in_the_way} is a file, not a folder: pass a folder."]
     assert in_the_way.read_text() == "kept\n"
 
 
@@ -354,12 +352,12 @@ def test_nan_outputs_are_an_error_not_a_class(known, monkeypatch, capsys, tmp_pa
     assert csv_probabilities(tmp_path / "out.csv") == {}  # the header, and no NaN row
 
 
-def test_fuse_raises_for_a_run_model_and_passes_a_full_model_through(capsys):
+def test_fuse_raises_for_a_run_model_and_passes_a_full_model_through():
     unfoldable = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="needs a functional keras.Model"):
-        predict.fuse(unfoldable)
-    assert predict.fuse(unfoldable, may_be_fused=True) is unfoldable
-    assert capsys.readouterr().err.startswith("note: reparameterize needs a functional keras.Model")
+        predict.fuse_model(unfoldable)
+    with pytest.warns(UserWarning, match="^reparameterize needs a functional keras.Model"):
+        assert predict.fuse_model(unfoldable, may_be_fused=True) is unfoldable
 
 
 # An exported artifact instead of the run's weights ----------------------------------

@@ -3,9 +3,8 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY_WIDTHS, randomize_batch_norm
-from keras.src.legacy.saving import legacy_h5_format
 
-from keras_parnet import ParNet
+from keras_parnet import ParNet, compat
 
 
 def fresh_tiny(**kwargs):
@@ -37,7 +36,7 @@ def test_weights_h5_roundtrip_through_builder(tiny_model, inputs, tmp_path):
 def test_legacy_h5_weights_roundtrip(tiny_model, inputs, tmp_path):
     path = tmp_path / "legacy.h5"
     with h5py.File(path, "w") as f:  # the Keras 2 `save_weights("x.h5")` layout
-        legacy_h5_format.save_weights_to_hdf5_group(f, tiny_model)
+        compat.save_legacy_h5_weights(tiny_model, f)
     reloaded = fresh_tiny(weights=str(path))
     diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
     assert diff.max() < 1e-6

@@ -1,7 +1,8 @@
-"""Export a trained run's fused model for deployment: `python -m keras_parnet.export --help`.
+"""Export a trained run's fused model for deployment (the command line is
+`parnet-export`, `keras_parnet.cli.export`):
 
-    python -m keras_parnet.export logs/<run> --format onnx
-    python -m keras_parnet.export logs/<run> --format tflite --quantize int8
+    parnet-export --run logs/<run> --format onnx
+    parnet-export --run logs/<run> --format tflite --quantize int8
 
 The model is rebuilt from the run folder (`keras_parnet.runs.load_run`), folded
 for inference (`keras_parnet.reparam.reparameterize`) and written at the run's
@@ -10,7 +11,7 @@ fixed image size with a free batch size, with the run's class names beside it
 with its own runtime and its outputs on a sample batch are compared with the
 trained Keras model fed through the data pipeline (load, resize, scale): a float
 artifact fails the export if they differ by more than 1e-4; a quantized one is
-graded by its accuracy (`evaluate.py --artifact`).
+graded by its accuracy (`parnet-evaluate --artifact`).
 
 Inputs (`--input`): `uint8` (default) takes RGB images `(batch, H, W, 3)` uint8 at
 the run's size and does the run's preprocessing in the graph (resize, [0, 1]
@@ -39,11 +40,9 @@ fuse a grouped convolution and its bias into an op with no grouped kernel on
 CPUs where the oneDNN path is off), and one `Conv` with `group=2` in ONNX.
 """
 
-import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -55,7 +54,7 @@ INPUTS = ("uint8", "float")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 DEFAULT_CALIBRATION_IMAGES = 200
 LABELS_FILE = "labels.txt"
-# What `--out` defaults to beside the weights: `<stem>_fused<suffix>`.
+# The artifact's name ends `<stem>_fused<suffix>` (see `default_output`).
 SUFFIXES = {"keras": ".keras", "savedmodel": "_savedmodel", "tflite": ".tflite", "onnx": ".onnx"}
 TOLERANCE = 1e-4
 CHECK_BATCH_SIZE = 4
@@ -146,7 +145,7 @@ def _traceable_copy(model, split_groups):
 
 def _check_output(path, format, quantize="none"):
     """`path` as a `Path`, once its format, quantization, suffix and folder are known good."""
-    from keras_parnet._cli import output_dir
+    from keras_parnet.files import output_dir
 
     path = Path(path)
     if format not in FORMATS:
@@ -206,9 +205,9 @@ def export_model(model, path, format, config=None, input="uint8", quantize="none
             `.keras` path without that suffix, a file where a folder goes (or
             the reverse), int8 without calibration images, or the `export`
             extra missing for ONNX.
-        keras_parnet._cli.OutputError: the output folder cannot be written.
+        keras_parnet.files.OutputError: the output folder cannot be written.
     """
-    from keras_parnet._cli import write_atomically
+    from keras_parnet.files import write_atomically
 
     path = _check_output(path, format, quantize)
     _input_spec(model)
@@ -488,14 +487,15 @@ def default_output(weights, format, quantize="none"):
 
 
 def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint8", quantize="none",
-               calibration_count=DEFAULT_CALIBRATION_IMAGES, dataset=None):
+               calibration_count=DEFAULT_CALIBRATION_IMAGES, dataset=None, weights=None, out_dir=None):
     """Rebuilds a run's model, fuses it, exports it and checks the artifact.
 
     Args:
         path: run folder or weights file beside a `run.json` (`None`: the
-            newest run in `logs_dir`).
+            newest run in `logs_dir`, or the run beside `weights`).
         format: one of `FORMATS`.
-        out: where to write (default: `default_output(weights, format, quantize)`).
+        out: the file (folder for savedmodel) to write (default: in
+            `out_dir`, named as `default_output(weights, format, quantize)`).
         logs_dir: where to look for runs when `path` is `None`.
         input: `"uint8"` (the run's preprocessing inside) or `"float"` (the
             network's own input), see the module docstring.
@@ -503,6 +503,10 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
         calibration_count: how many training images calibrate int8.
         dataset: the dataset folder whose `train/` calibrates int8 (default:
             the run's, from `run.json`).
+        weights: a weights file to export instead of the run's
+            `best.weights.h5`.
+        out_dir: the folder to write into when `out` is `None` (default:
+            the folder of the weights).
 
     Returns:
         `(out, report)`: the artifact's path and a dict with `fused_diff` and
@@ -517,6 +521,7 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
         ArtifactMismatchError: a float artifact off by more than `TOLERANCE`,
             or any artifact giving NaN.
     """
+    from keras_parnet.files import output_dir
     from keras_parnet.reparam import reparameterize
     from keras_parnet.runs import load_run
 
@@ -525,11 +530,15 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
     # Fail before the slow part.
     if out is not None:
         _check_output(out, format, quantize)
+    elif out_dir is not None:
+        output_dir(out_dir, "the output folder")
     if format == "onnx":
         _require_onnx()
-    model, config = load_run(path, logs_dir=logs_dir)
-    out = _check_output(out if out is not None else default_output(config["weights"], format, quantize),
-                        format, quantize)
+    model, config = load_run(path if path is not None else weights, weights, logs_dir=logs_dir)
+    if out is None:
+        out = default_output(config["weights"], format, quantize)
+        out = Path(out_dir) / out.name if out_dir is not None else out
+    out = _check_output(out, format, quantize)
     images = sample_images(config["image_size"])
     calibration = None
     if quantize == "int8":
@@ -561,101 +570,8 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
     return out, report
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_parnet.export",
-        description=(
-            "Write a deployable artifact of a trained run's fused (reparameterized) "
-            "model and check that it computes what the trained Keras model computes "
-            f"(max abs difference at most {TOLERANCE:g} on a random batch)."
-        ),
-    )
-    parser.add_argument(
-        "weights",
-        nargs="?",
-        metavar="WEIGHTS",
-        help="run folder (uses its best.weights.h5) or a weights file beside a run.json; "
-        "default: the newest run in --logs-dir",
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        required=True,
-        help="keras: .keras file; savedmodel: TensorFlow SavedModel folder; tflite: "
-        "TensorFlow Lite file; onnx: ONNX file (needs the export extra: "
-        f"{EXTRA_HINT})",
-    )
-    parser.add_argument(
-        "--out",
-        help="file (folder for savedmodel) to write; default: beside the weights, "
-        "<weights name>_fused[_<quantize>].keras / _savedmodel / .tflite / .onnx; "
-        f"{LABELS_FILE} is written beside it",
-    )
-    parser.add_argument(
-        "--input",
-        choices=INPUTS,
-        default="uint8",
-        help="uint8 (default): RGB images at the run's size, the run's preprocessing inside the "
-        "artifact; float: what the network takes, for callers that preprocess themselves",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=QUANTIZATIONS,
-        default="none",
-        help="tflite only: float16 weights, dynamic (int8 weights), or int8 (full integer, per "
-        "channel, calibrated on training images); default none",
-    )
-    parser.add_argument(
-        "--calibration-images",
-        type=int,
-        default=DEFAULT_CALIBRATION_IMAGES,
-        metavar="N",
-        help=f"training images that calibrate --quantize int8 (default {DEFAULT_CALIBRATION_IMAGES})",
-    )
-    parser.add_argument(
-        "--dataset",
-        metavar="DIR",
-        help="dataset folder whose train/ calibrates int8 (default: the run's)",
-    )
-    parser.add_argument(
-        "--logs-dir",
-        default="logs",
-        help="where to look for the newest run when WEIGHTS is not given (default: logs)",
-    )
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Eager calls through Keras' per-op XLA grouped convolution warn about retracing.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from keras_parnet._cli import run_tool
-    from keras_parnet.data import DatasetError
-    from keras_parnet.runs import RunError
-
-    def export_and_report():
-        if args.calibration_images < 1:
-            raise ExportError(f"--calibration-images must be at least 1, got {args.calibration_images}.")
-        try:
-            out, report = export_run(args.weights, args.format, args.out, args.logs_dir, args.input,
-                                     args.quantize, args.calibration_images, args.dataset)
-        except ArtifactMismatchError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        kind = args.format if args.quantize == "none" else f"{args.format}, {args.quantize}"
-        print(f"wrote {out} ({kind}, {args.input} input) and {out.parent / LABELS_FILE}")
-        print(
-            f"max abs difference from the trained model on {CHECK_BATCH_SIZE} random images: "
-            f"{report['artifact_diff']:.3g} (fused Keras model: {report['fused_diff']:.3g}); "
-            f"same top class on {report['top1_agreement']:.0%}"
-        )
-        if args.quantize != "none":
-            print(f"a quantized artifact is judged by its accuracy: python evaluate.py --artifact {out}")
-        return 0
-
-    return run_tool(export_and_report, (RunError, ExportError, DatasetError))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_parnet.cli import _common, export
+
+    _common.warn_deprecated("python -m keras_parnet.export", "parnet-export")
+    raise SystemExit(export.main())

@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY_WIDTHS, assert_one_line_error, randomize_batch_norm, run_cli
 
 from keras_parnet import export, runs
+from keras_parnet.cli import export as export_cli
 
 IMAGE_SIZE = (45, 77)  # odd and non-square: every padding rule is exercised
 CLASSES = ["cat", "dog", "owl"]
@@ -39,13 +40,13 @@ def test_artifact_takes_uint8_images_and_matches_the_trained_model(trained_run, 
         pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     run_dir, model = trained_run
     if format == "keras":  # a weights file and --out
-        out = tmp_path / "deploy" / "model.keras"
-        argv = [str(run_dir / runs.BEST_WEIGHTS), "--out", str(out)]
+        out = tmp_path / "deploy" / "best_fused.keras"
+        argv = ["--weights", str(run_dir / runs.BEST_WEIGHTS), "--out", str(out.parent)]
     else:  # a run folder, written beside its weights
         out = export.default_output(run_dir / runs.BEST_WEIGHTS, format)
-        argv = [str(run_dir)]
+        argv = ["--run", str(run_dir)]
 
-    assert export.main([*argv, "--format", format]) == 0
+    assert export_cli.main([*argv, "--format", format]) == 0
     assert out.exists()
     assert f"wrote {out}" in capsys.readouterr().out
     assert (out.parent / export.LABELS_FILE).read_text().splitlines() == CLASSES
@@ -62,8 +63,8 @@ def test_float_input_is_the_network_input_and_onnx_carries_the_class_names(train
     onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
     pytest.importorskip("tf2onnx", reason="the export extra is not installed")
     run_dir, model = trained_run
-    out = tmp_path / "float.onnx"
-    assert export.main([str(run_dir), "--format", "onnx", "--input", "float", "--out", str(out)]) == 0
+    out = tmp_path / "best_fused.onnx"
+    assert export_cli.main(["--run", str(run_dir), "--format", "onnx", "--input", "float", "--out", str(tmp_path)]) == 0
     batch = uint8_images(2, seed=3).astype("float32") / 255 * 0.5 + 0.1  # not pixels a uint8 input could hold
     np.testing.assert_allclose(export.load_artifact(out, "onnx")(batch), reference_outputs(model, batch),
                                rtol=0, atol=1e-4)
@@ -87,7 +88,7 @@ def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_enco
     model = randomize_batch_norm(runs.build_model(config))
     model.save_weights(run_dir / runs.BEST_WEIGHTS)
     out = tmp_path / "model_savedmodel"
-    assert export.main([str(run_dir), "--format", "savedmodel", "--out", str(out)]) == 0
+    assert export_cli.main(["--run", str(run_dir), "--format", "savedmodel", "--out", str(out)]) == 0
 
     def expected(files):
         # Independent of the artifact: the data pipeline's decode and crop, then numpy normalization.
@@ -115,8 +116,9 @@ def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_enco
 def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
     run_dir, model = trained_run
     float32 = exported(run_dir, "tflite")
-    out = tmp_path / "model_fp16.tflite"
-    assert export.main([str(run_dir), "--format", "tflite", "--quantize", "float16", "--out", str(out)]) == 0
+    out = tmp_path / "best_fused_float16.tflite"
+    assert export_cli.main(["--run", str(run_dir), "--format", "tflite", "--quantize", "float16",
+                            "--out", str(tmp_path)]) == 0
     # Weights are most of the file; the graph and its constants stay.
     assert 0.45 < out.stat().st_size / float32.stat().st_size < 0.65
     images = uint8_images(4, seed=9)
@@ -129,11 +131,10 @@ def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
     [
         (["--format", "savedmodel", "--quantize", "int8"], "for the tflite format"),
         (["--format", "tflite", "--quantize", "int8"], "--dataset"),  # the run records no dataset
-        (["--format", "tflite", "--quantize", "int8", "--calibration-images", "0"], "at least 1"),
     ],
 )
 def test_quantization_mistakes_are_one_line(trained_run, capsys, argv, message):
-    assert export.main([str(trained_run[0]), *argv]) == 2
+    assert export_cli.main(["--run", str(trained_run[0]), *argv]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
@@ -142,7 +143,7 @@ def exported(run_dir, format):
     """The run's default artifact, exported now unless an earlier test did."""
     out = export.default_output(run_dir / runs.BEST_WEIGHTS, format)
     if not out.exists():
-        assert export.main([str(run_dir), "--format", format]) == 0
+        assert export_cli.main(["--run", str(run_dir), "--format", format]) == 0
     return out
 
 
@@ -172,10 +173,9 @@ def installed_formats():
 # artifact's outputs differ, 2 when it cannot be written or run).
 EXPORT_ALL = """
 import sys
-from keras_parnet import export
+from keras_parnet.cli import export
 run_dir, out_dir, *formats = sys.argv[1:]
-sys.exit(max(export.main([run_dir, "--format", format, "--out", out_dir + "/model" + export.SUFFIXES[format]])
-             for format in formats))
+sys.exit(max(export.main(["--run", run_dir, "--format", format, "--out", out_dir]) for format in formats))
 """
 
 
@@ -212,7 +212,7 @@ def test_mismatching_artifact_fails_loudly(trained_run, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(export, "export_model", export_nothing)
     monkeypatch.setattr(export, "load_artifact", load_shifted)
-    assert export.main([str(trained_run[0]), "--format", "keras", "--out", str(tmp_path / "m.keras")]) == 1
+    assert export_cli.main(["--run", str(trained_run[0]), "--format", "keras", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "0.001" in error and "do not deploy" in error
     assert error.count("\n") == 1
@@ -221,14 +221,15 @@ def test_mismatching_artifact_fails_loudly(trained_run, tmp_path, monkeypatch, c
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["missing-run", "--format", "keras"], "does not exist"),
-        (["{run}", "--format", "keras", "--out", "{tmp}/model.h5"], ".keras file"),
+        (["--run", "missing-run", "--format", "keras"], "does not exist"),
+        (["--weights", "{tmp}/missing.weights.h5", "--format", "keras"], "does not exist"),
+        (["--run", "{run}", "--format", "keras", "--out", "{run}/run.json"], "is a file"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(trained_run, tmp_path, capsys, argv, message):
     run_dir, _ = trained_run
     argv = [arg.format(run=run_dir, tmp=tmp_path) for arg in argv]
-    assert export.main(argv) == 2
+    assert export_cli.main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
@@ -236,7 +237,7 @@ def test_bad_arguments_give_one_line_errors(trained_run, tmp_path, capsys, argv,
 def test_missing_extra_is_named_with_the_install_command(trained_run, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import fails as if not installed
     run_dir, _ = trained_run
-    assert export.main([str(run_dir), "--format", "onnx"]) == 2
+    assert export_cli.main(["--run", str(run_dir), "--format", "onnx"]) == 2
     error = capsys.readouterr().err
     assert "tf2onnx" in error and "keras-parnet[export]" in error and error.count("\n") == 1
 
@@ -248,46 +249,36 @@ def test_dynamic_input_size_is_refused(tmp_path):
         export.export_model(ParNet(TINY_WIDTHS, classes=2), tmp_path / "m.tflite", "tflite")
 
 
-def test_help_documents_every_flag(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        export.main(["--help"])
-    assert exit_info.value.code == 0
-    help_text = capsys.readouterr().out
-    for flag in ("WEIGHTS", "--format", "--out", "--logs-dir", "savedmodel", "tflite", "onnx", "--input",
-                 "--quantize", "int8", "--calibration-images", "--dataset"):
-        assert flag in help_text
-
-
 @pytest.mark.parametrize("format", ["tflite", "savedmodel"])
 def test_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, format):
-    result = run_cli("keras_parnet.export", trained_run[0], "--format", format,
-                     "--out", read_only_dir / f"model{export.SUFFIXES[format]}")
+    result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", format,
+                     "--out", read_only_dir)
     assert_one_line_error(result, str(read_only_dir), "read-only")
 
 
 def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir):
-    previous = full_dir / "model.tflite"
+    previous = full_dir / "best_fused.tflite"
     previous.write_bytes(b"")  # an empty file still fits on the full disk
     os.truncate(full_dir / "filler", (full_dir / "filler").stat().st_size - 4096)
     previous.write_bytes(b"previous")
-    result = run_cli("keras_parnet.export", trained_run[0], "--format", "tflite", "--out", previous)
+    result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", "tflite", "--out", full_dir)
     assert_one_line_error(result, str(full_dir), "no space left")
     assert previous.read_bytes() == b"previous"
-    assert sorted(path.name for path in full_dir.iterdir()) == ["filler", "model.tflite"]
+    assert sorted(path.name for path in full_dir.iterdir()) == ["best_fused.tflite", "filler"]
 
 
 @pytest.mark.parametrize("format, kind", [("savedmodel", "file"), ("tflite", "folder")])
 def test_output_path_of_the_wrong_kind_is_refused(trained_run, tmp_path, capsys, format, kind):
-    out = tmp_path / "taken"
+    out = tmp_path / export.default_output(runs.BEST_WEIGHTS, format).name
     out.mkdir() if kind == "folder" else out.write_text("keep me")
-    assert export.main([str(trained_run[0]), "--format", format, "--out", str(out)]) == 2
+    assert export_cli.main(["--run", str(trained_run[0]), "--format", format, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and f"is a {kind}" in error and error.count("\n") == 1
     assert out.is_dir() if kind == "folder" else out.read_text() == "keep me"
 
 
 def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path, monkeypatch):
-    previous = tmp_path / "model.tflite"
+    previous = tmp_path / "best_fused.tflite"
     previous.write_bytes(b"previous")
 
     def write_half_then_fail(model, path, *settings):
@@ -295,9 +286,9 @@ def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export, "_write", write_half_then_fail)
-    assert export.main([str(trained_run[0]), "--format", "tflite", "--out", str(previous)]) == 130
+    assert export_cli.main(["--run", str(trained_run[0]), "--format", "tflite", "--out", str(tmp_path)]) == 130
     assert previous.read_bytes() == b"previous"
-    assert [path.name for path in tmp_path.iterdir()] == ["model.tflite"]
+    assert [path.name for path in tmp_path.iterdir()] == ["best_fused.tflite"]
 
 
 def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images(tmp_path):
@@ -311,6 +302,7 @@ def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images
     from conftest import write_dark_bright_dataset
 
     from keras_parnet import evaluate, predict, train
+    from keras_parnet.cli import evaluate as evaluate_cli
     from keras_parnet.data import scan_split
 
     data = write_dark_bright_dataset(tmp_path / "data", (12, 12), (6, 6))
@@ -319,10 +311,10 @@ def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images
                        "--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--small-input",
                        "--batch-size", "4", "--epochs", "3", "--seed", "1", "--no-augment"]) == 0
     run_dir = logs / "r"
-    assert export.main([str(run_dir), "--format", "tflite", "--quantize", "int8",
+    assert export_cli.main(["--run", str(run_dir), "--format", "tflite", "--quantize", "int8",
                         "--calibration-images", "24"]) == 0
     artifact = export.default_output(run_dir / runs.BEST_WEIGHTS, "tflite", "int8")
-    assert evaluate.main(["--artifact", str(artifact), "--worst", "0"]) == 0
+    assert evaluate_cli.main(["--artifact", str(artifact), "--worst", "0"]) == 0
     report = json.loads((run_dir / evaluate.ARTIFACT_REPORTS / artifact.name / evaluate.REPORT_JSON).read_text())
 
     model, config = runs.load_run(run_dir)

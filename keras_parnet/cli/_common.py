@@ -29,22 +29,22 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def command(tool):
-    """The command the user typed to start `tool`: `train.py`, `parnet-train`
-    or `python -m keras_parnet.cli.train`, for `prog` and for hints in messages
-    ("continue with `parnet-train --resume ...`")."""
+    """How to start `tool` the way the running tool was started, for `prog` and
+    for hints in messages ("continue with `parnet-train --resume ...`"):
+    `python train.py` (the checkout's scripts), `python -m
+    keras_parnet.cli.train`, or `parnet-train` (the installed commands, and
+    the answer when called in-process)."""
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    if script.name == f"parnet-{tool}":
-        return script.name
-    if script.suffix == ".py":
-        try:
-            module = script.resolve().relative_to(_PACKAGE_DIR.parent).with_suffix("")
-        except ValueError:
-            module = None
-        if module is not None and module.parts[0] == _PACKAGE_DIR.name:
-            return f"python -m {'.'.join(module.parts)}"
-        if script.name == f"{tool}.py":
-            return script.name
-    return f"parnet-{tool}"  # called in-process (tests, notebooks)
+    if script.suffix != ".py":
+        return f"parnet-{tool}"
+    try:
+        module = script.resolve().with_suffix("").relative_to(_PACKAGE_DIR.parent).parts
+    except ValueError:
+        module = ()
+    if module[:1] == (_PACKAGE_DIR.name,):
+        return f"python -m {'.'.join(module)}" if module[-1] == tool else f"parnet-{tool}"
+    sibling = script.with_name(f"{tool}.py")
+    return f"python {sibling}" if sibling.is_file() else f"parnet-{tool}"
 
 
 def make_parser(tool, description, **kwargs):

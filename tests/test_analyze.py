@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_parnet import analyze
+from keras_parnet import analyze, plots
+from keras_parnet.cli import analyze as analyze_cli
 
 # (width, height) of the images written per split and class.
 SIZES = {
@@ -105,7 +106,7 @@ def test_clean_dataset_has_no_warnings(tmp_path):
 
 def test_class_count_plot(planted):
     report = analyze.analyze_dataset(planted)
-    figure = analyze.plot_class_counts(report["counts"], report["classes"])
+    figure = plots.plot_class_counts(report["counts"], report["classes"])
     axes = figure.axes[0]
     assert axes.get_title() == "Images per class and split"
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("class", "images")
@@ -119,7 +120,7 @@ def test_class_count_plot(planted):
 
 def test_image_size_plot():
     sizes = {"train": np.array([[40.0, 36.0], [64.0, 48.0]]), "test": np.array([[10.0, 20.0]])}
-    figure = analyze.plot_image_sizes(sizes, min_size=32)
+    figure = plots.plot_image_sizes(sizes, min_size=32)
     axes = figure.axes[0]
     assert axes.get_title() == "Image sizes (from file headers)"
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("width (px)", "height (px)")
@@ -131,7 +132,7 @@ def test_image_size_plot():
 
 def test_cli_prints_the_table_and_writes_the_plots(planted, tmp_path, capsys):
     out = tmp_path / "analysis"
-    assert analyze.main([str(planted), "--out", str(out)]) == 0
+    assert analyze_cli.main(["--dataset", str(planted), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split() == ["class", "train", "test"]
     assert printed[1].split() == ["cat", "7", "2"]
@@ -143,7 +144,7 @@ def test_cli_prints_the_table_and_writes_the_plots(planted, tmp_path, capsys):
 
 def test_cli_error_is_one_line(tmp_path, capsys):
     (tmp_path / "data" / "train" / "a").mkdir(parents=True)
-    assert analyze.main([str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 2
+    assert analyze_cli.main(["--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "test does not exist" in error and error.count("\n") == 1
 
@@ -158,7 +159,7 @@ def test_decompression_bomb_is_skipped_and_named(tmp_path):
     small_dataset = _write_dataset(tmp_path / "data", sizes)
     bomb = small_dataset / "train" / "a" / "bomb.png"
     Image.new("1", (15000, 15000)).save(bomb)  # 225 Mpixels in 27 kB
-    result = run_cli("keras_parnet.analyze", small_dataset, "--out", tmp_path / "out")
+    result = run_cli("keras_parnet.cli.analyze", "--dataset", small_dataset, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stdout + result.stderr
     assert any(line.startswith("warning: 1 unreadable file(s)") and str(bomb) in line

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_parnet import evaluate
+from keras_parnet import evaluate, metrics, plots
+from keras_parnet.cli import evaluate as evaluate_cli
 
 CLASS_NAMES = ["cat", "dog", "fox"]
 # Nine images; class "fox" is never predicted. Rows are distinct so top-2 is defined.
@@ -32,16 +33,16 @@ EXPECTED_SUPPORT = [3, 2, 4]
 def test_confusion_matrix_counts_pairs():
     rng = np.random.default_rng(0)
     labels, predictions = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
-    matrix = evaluate.confusion_matrix(labels, predictions, 4)
+    matrix = metrics.confusion_matrix(labels, predictions, 4)
     counted = [[int(np.sum((labels == t) & (predictions == p))) for p in range(4)] for t in range(4)]
     np.testing.assert_array_equal(matrix, counted)
     np.testing.assert_array_equal(
-        evaluate.confusion_matrix(LABELS, PROBABILITIES.argmax(1), 3), EXPECTED_MATRIX)
+        metrics.confusion_matrix(LABELS, PROBABILITIES.argmax(1), 3), EXPECTED_MATRIX)
 
 
 def test_report_matches_hand_computation_and_warns_for_class_never_predicted():
-    with pytest.warns(evaluate.MetricWarning, match="never predicted: fox"):
-        report = evaluate.classification_report(LABELS, PROBABILITIES, CLASS_NAMES, top_k=2)
+    with pytest.warns(metrics.MetricWarning, match="never predicted: fox"):
+        report = metrics.classification_report(LABELS, PROBABILITIES, CLASS_NAMES, top_k=2)
     classes = report["classes"]
     assert [entry["name"] for entry in classes] == CLASS_NAMES
     np.testing.assert_allclose([entry["precision"] for entry in classes], EXPECTED_PRECISION)
@@ -65,8 +66,8 @@ def test_report_matches_hand_computation_and_warns_for_class_never_predicted():
 
 def test_class_without_samples_gets_recall_zero_with_warning():
     probabilities = np.eye(3)[[0, 1, 1, 1]]
-    with pytest.warns(evaluate.MetricWarning) as record:
-        report = evaluate.classification_report([0, 0, 1, 1], probabilities, CLASS_NAMES)
+    with pytest.warns(metrics.MetricWarning) as record:
+        report = metrics.classification_report([0, 0, 1, 1], probabilities, CLASS_NAMES)
     messages = [str(warning.message) for warning in record]
     assert any("never predicted: fox" in message for message in messages)
     assert any("without test images: fox" in message for message in messages)
@@ -79,20 +80,20 @@ def test_class_without_samples_gets_recall_zero_with_warning():
 def test_no_warning_when_every_metric_is_defined():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = evaluate.classification_report([0, 1, 2], np.eye(3), CLASS_NAMES, top_k=1)
+        report = metrics.classification_report([0, 1, 2], np.eye(3), CLASS_NAMES, top_k=1)
     assert report["accuracy"] == report["top_k_accuracy"] == 1.0
     assert report["warnings"] == []
 
 
 def test_report_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="do not fit 3 labels and 3 classes"):
-        evaluate.classification_report([0, 1, 2], np.ones((3, 2)) / 2, CLASS_NAMES)
+        metrics.classification_report([0, 1, 2], np.ones((3, 2)) / 2, CLASS_NAMES)
 
 
 def test_format_report_lists_classes_averages_and_warnings():
-    with pytest.warns(evaluate.MetricWarning):
-        report = evaluate.classification_report(LABELS, PROBABILITIES, CLASS_NAMES, top_k=2)
-    text = evaluate.format_report(report)
+    with pytest.warns(metrics.MetricWarning):
+        report = metrics.classification_report(LABELS, PROBABILITIES, CLASS_NAMES, top_k=2)
+    text = metrics.format_report(report)
     lines = text.splitlines()
     assert lines[0].split() == ["precision", "recall", "f1", "support"]
     assert lines[1].split() == ["cat", "0.5000", "0.6667", "0.5714", "3"]
@@ -103,9 +104,9 @@ def test_format_report_lists_classes_averages_and_warnings():
 
 def test_worst_predictions_are_the_lowest_true_probabilities_among_errors():
     # Misclassified rows: 1 (0.3), 5 (0.1), 6 (0.3), 7 (0.3), 8 (0.1).
-    np.testing.assert_array_equal(evaluate.worst_predictions(LABELS, PROBABILITIES, 3), [5, 8, 1])
-    assert len(evaluate.worst_predictions(LABELS, PROBABILITIES, 16)) == 5
-    assert len(evaluate.worst_predictions([0, 1, 2], np.eye(3), 16)) == 0
+    np.testing.assert_array_equal(metrics.worst_predictions(LABELS, PROBABILITIES, 3), [5, 8, 1])
+    assert len(metrics.worst_predictions(LABELS, PROBABILITIES, 16)) == 5
+    assert len(metrics.worst_predictions([0, 1, 2], np.eye(3), 16)) == 0
 
 
 def _tick_texts(labels):
@@ -120,7 +121,7 @@ def _assert_png(path):
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_confusion_matrix_plot(tmp_path, normalize):
-    figure = evaluate.plot_confusion_matrix(EXPECTED_MATRIX, CLASS_NAMES, normalize=normalize)
+    figure = plots.plot_confusion_matrix(EXPECTED_MATRIX, CLASS_NAMES, normalize=normalize)
     axes = figure.axes[0]
     assert axes.get_title() == ("Confusion matrix (row-normalised)" if normalize
                                 else "Confusion matrix (counts)")
@@ -156,7 +157,7 @@ def test_training_curves_from_the_callbacks_history(tmp_path):
 
     history = evaluate.read_history(tmp_path / HISTORY_FILE)
     np.testing.assert_array_equal(history["epoch"], [1, 2, 3])
-    figure = evaluate.plot_history(history)
+    figure = plots.plot_history(history)
     loss_axes, accuracy_axes, *rate_axes = figure.axes
     assert (loss_axes.get_title(), accuracy_axes.get_title()) == ("Loss", "Accuracy")
     assert loss_axes.get_xlabel() == accuracy_axes.get_xlabel() == "epoch"
@@ -188,9 +189,9 @@ def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
 
 def test_worst_predictions_grid(tmp_path):
     rng = np.random.default_rng(0)
-    indices = evaluate.worst_predictions(LABELS, PROBABILITIES, 16)
+    indices = metrics.worst_predictions(LABELS, PROBABILITIES, 16)
     images = rng.uniform(0, 1, (len(indices), 32, 40, 3))
-    figure = evaluate.plot_worst_predictions(images, LABELS[indices], PROBABILITIES[indices], CLASS_NAMES)
+    figure = plots.plot_worst_predictions(images, LABELS[indices], PROBABILITIES[indices], CLASS_NAMES)
     assert figure.get_suptitle() == "Worst misclassified test images"
     assert len(figure.axes) == 5
     titles = [axes.get_title() for axes in figure.axes]
@@ -246,7 +247,7 @@ def trained_run(tmp_path_factory):
 
 def test_evaluate_run_end_to_end(trained_run, capsys):
     run_dir, test_paths, test_labels, probabilities = trained_run
-    assert evaluate.main([str(run_dir), "--no-fuse", "--top-k", "2", "--batch-size", "3"]) == 0
+    assert evaluate_cli.main(["--run", str(run_dir), "--no-fuse", "--top-k", "2", "--batch-size", "3"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((run_dir / "report.json").read_text())
 
@@ -297,7 +298,7 @@ def test_image_that_fails_to_decode_is_named_and_left_out(trained_run, tmp_path,
     damaged = tmp_path / "test" / "cat" / "damaged.jpg"
     damaged.write_bytes(contents[:200] + garbage + contents[-200:])
     out = tmp_path / "out"
-    assert evaluate.main([str(run_dir), "--dataset", str(tmp_path), "--no-fuse", "--out", str(out)]) == 0
+    assert evaluate_cli.main(["--run", str(run_dir), "--dataset", str(tmp_path), "--no-fuse", "--out", str(out)]) == 0
     error = capsys.readouterr().err
     assert error.startswith("warning: Skipped 1 unreadable image file(s)") and f"{damaged} is " in error
     report = json.loads((out / evaluate.REPORT_JSON).read_text())
@@ -323,24 +324,24 @@ def test_dataset_path_relative_to_the_logs_parent(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["{run}", "--dataset", "{missing}"], "is not a folder: pass --dataset DIR"),
-    (["{missing}"], "does not exist: pass a run folder"),
-    (["{run}", "--dataset", "{empty}"], "does not exist: expected a folder with one subfolder"),
+    (["--run", "{run}", "--dataset", "{missing}"], "is not a folder: pass --dataset DIR"),
+    (["--run", "{missing}"], "does not exist: pass a run folder"),
+    (["--run", "{run}", "--dataset", "{empty}"], "does not exist: expected a folder with one subfolder"),
 ])
 def test_cli_errors_are_one_line(trained_run, tmp_path, capsys, arguments, message):
     run_dir, *_ = trained_run
     (tmp_path / "empty").mkdir()
     names = {"run": run_dir, "missing": tmp_path / "missing", "empty": tmp_path / "empty"}
-    assert evaluate.main([argument.format(**names) for argument in arguments]) == 2
+    assert evaluate_cli.main([argument.format(**names) for argument in arguments]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
 
 def test_cli_rejects_bad_numbers(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--top-k", "0"])
+        evaluate_cli.main(["--top-k", "0"])
     assert exit_info.value.code == 2
-    assert "argument --top-k: must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --top-k: 0 is not a whole number of at least 1" in capsys.readouterr().err
 
 
 # Failure paths (the output folder's: tests/test_tool_faults.py) -----------------
@@ -410,7 +411,7 @@ def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
     from conftest import assert_one_line_error, run_cli
 
     before = _files(read_only_run)
-    result = run_cli("keras_parnet.evaluate", read_only_run)
+    result = run_cli("keras_parnet.cli.evaluate", "--run", read_only_run)
     assert_one_line_error(result, str(read_only_run), "read-only file system", "--out")
     assert _files(read_only_run) == before
 
@@ -426,7 +427,7 @@ def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path):
         file.write("2,0.6,0.9,0.0009")  # a kill while the row was written
     before = _files(run_copy)
     out = tmp_path / "out"
-    result = run_cli("keras_parnet.evaluate", run_copy, "--out", out, "--no-fuse", "--worst", "0")
+    result = run_cli("keras_parnet.cli.evaluate", "--run", run_copy, "--out", out, "--no-fuse", "--worst", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stdout + result.stderr and "UserWarning" not in result.stderr
     assert (f"warning: {history}: skipped line 4, cut short or not numbers; "
@@ -443,7 +444,7 @@ def test_nan_weights_are_named_not_reported(run_copy, tmp_path, capsys):
     model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
     model.save_weights(run_copy / BEST_WEIGHTS)
     out = tmp_path / "out"
-    assert evaluate.main([str(run_copy), "--out", str(out), "--no-fuse"]) == 2
+    assert evaluate_cli.main(["--run", str(run_copy), "--out", str(out), "--no-fuse"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: the model outputs NaN for ") and error.count("\n") == 1
     assert "pick another checkpoint with --weights" in error
@@ -469,7 +470,7 @@ def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_
 
     run_dir, test_paths, test_labels, probabilities = trained_run
     # No RUN_DIR: the artifact's folder holds the run; the report goes beside the run's own.
-    assert evaluate.main(["--artifact", str(tflite_artifact), "--top-k", "2", "--logs-dir",
+    assert evaluate_cli.main(["--artifact", str(tflite_artifact), "--top-k", "2", "--logs-dir",
                           str(tmp_path / "no-logs")]) == 0
     out = run_dir / evaluate.ARTIFACT_REPORTS / tflite_artifact.name
     assert f"Report and plots in {out}" in capsys.readouterr().out
@@ -517,7 +518,7 @@ def test_artifact_errors_are_one_line(trained_run, tflite_artifact, tmp_path, ca
         shutil.copy(tflite_artifact, artifact)
         extra = ["--weights", str(run_dir / "best.weights.h5")]
     out = tmp_path / "out"
-    assert evaluate.main([str(run_dir), "--artifact", str(artifact), "--out", str(out), *extra]) == 2
+    assert evaluate_cli.main(["--run", str(run_dir), "--artifact", str(artifact), "--out", str(out), *extra]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message.format(artifact=artifact) in error, error
     assert error.count("\n") == 1
@@ -526,6 +527,6 @@ def test_artifact_errors_are_one_line(trained_run, tflite_artifact, tmp_path, ca
 
 def test_help_names_the_artifact_report_folder(capsys):
     with pytest.raises(SystemExit):
-        evaluate.main(["--help"])
+        evaluate_cli.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--artifact FILE" in help_text and "<run>/artifact_reports/<artifact name>/" in help_text
+    assert "--artifact PATH" in help_text and "<run>/artifact_reports/<artifact name>/" in help_text

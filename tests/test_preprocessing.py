@@ -30,7 +30,7 @@ def _numpy_normalized(pixels, preprocessing):
 
 
 def _bare_and_preprocessed(config):
-    bare = randomize_batch_norm(runs.build_model(config))
+    bare = randomize_batch_norm(runs.build_model(config, include_preprocessing=False))
     preprocessed = runs.build_model(config, include_preprocessing=True)
     preprocessed.set_weights(bare.get_weights())
     return bare, preprocessed
@@ -61,7 +61,7 @@ def test_old_run_folder_loads_with_preprocessing(tmp_path):
     """A run saved before preprocessing moved into the model: weights written
     from the bare network, run.json as convert.py wrote it."""
     config = _config(CONVERTED)
-    bare = randomize_batch_norm(runs.build_model(config), seed=1)
+    bare = randomize_batch_norm(runs.build_model(config, include_preprocessing=False), seed=1)
     bare.save_weights(tmp_path / runs.BEST_WEIGHTS)
     runs.save_run(tmp_path, config)
     model, _ = runs.load_run(tmp_path, include_preprocessing=True)

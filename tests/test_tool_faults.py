@@ -10,6 +10,8 @@ import pytest
 from conftest import TINY_WIDTHS, assert_one_line_error, write_dark_bright_dataset
 
 from keras_parnet import analyze, evaluate
+from keras_parnet.cli import analyze as analyze_cli
+from keras_parnet.cli import evaluate as evaluate_cli
 
 
 @pytest.fixture
@@ -18,7 +20,7 @@ def dataset(tmp_path):
 
 
 def _analyze_arguments(dataset, weights):
-    return [str(dataset)]
+    return ["--dataset", str(dataset)]
 
 
 def _evaluate_arguments(dataset, weights):
@@ -32,15 +34,15 @@ def _evaluate_arguments(dataset, weights):
               training={"dataset": str(dataset)})
     if weights:
         ParNet(TINY_WIDTHS, input_shape=(32, 32, 3), classes=2).save_weights(run_dir / BEST_WEIGHTS)
-    return [str(run_dir), "--no-fuse", "--worst", "0"]
+    return ["--run", str(run_dir), "--no-fuse", "--worst", "0"]
 
 
 # tool: (main, arguments(dataset, weights), the slow step that must wait for the check,
 #        a file it writes, the first plot it writes)
 TOOLS = {
-    "analyze": (analyze.main, _analyze_arguments, "keras_parnet.analyze._read_header",
+    "analyze": (analyze_cli.main, _analyze_arguments, "keras_parnet.analyze._read_header",
                 analyze.ANALYSIS_JSON, analyze.COUNTS_PLOT),
-    "evaluate": (evaluate.main, _evaluate_arguments, "keras_parnet.runs.load_run",
+    "evaluate": (evaluate_cli.main, _evaluate_arguments, "keras_parnet.runs.load_run",
                  evaluate.REPORT_JSON, evaluate.CONFUSION_PLOT),
 }
 

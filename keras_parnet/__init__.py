@@ -29,7 +29,7 @@ _MODULES = {
     "load_run": "keras_parnet.runs",
     "reparameterize": "keras_parnet.reparam",
     "predict_image": "keras_parnet.predict",
-    "classification_report": "keras_parnet.evaluate",
+    "classification_report": "keras_parnet.metrics",
     "evaluate_run": "keras_parnet.evaluate",
     "analyze_dataset": "keras_parnet.analyze",
 }

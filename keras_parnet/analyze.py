@@ -1,4 +1,5 @@
-"""Check an image dataset before training: `python -m keras_parnet.analyze DATASET`.
+"""Check an image dataset before training (`analyze_dataset`; the command line
+is `keras_parnet.cli.analyze`, `parnet-analyze --dataset DIR`).
 
     DATASET/train/<class>/*.jpg
     DATASET/test/<class>/*.jpg
@@ -12,19 +13,17 @@ unreadable files (damaged, or too large to decode: training skips them). Writes
 folder.
 """
 
-import argparse
 import concurrent.futures
-import functools
 import hashlib
 import json
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from keras_parnet._cli import output_dir, run_tool, write_atomically
+from keras_parnet.files import output_dir, write_atomically
+from keras_parnet.plots import plot_class_counts, plot_image_sizes, save_figure
 
 SPLITS = ("train", "test")
 # ParNet's minimum input size; smaller images are upsampled a lot.
@@ -217,72 +216,12 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
         "plots": {},
     }
     if out_dir is not None:
-        for figure, name in ((plot_class_counts(counts, classes), COUNTS_PLOT),
-                             (plot_image_sizes(sizes, min_size), SIZES_PLOT)):
-            write_atomically(out_dir / name, functools.partial(figure.savefig, dpi=110))
+        save_figure(plot_class_counts(counts, classes), out_dir / COUNTS_PLOT)
+        save_figure(plot_image_sizes(sizes, min_size), out_dir / SIZES_PLOT)
         report["plots"] = {"class_counts": COUNTS_PLOT, "image_sizes": SIZES_PLOT}
         write_atomically(out_dir / ANALYSIS_JSON,
                          lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     return report
-
-
-def plot_class_counts(counts, class_names):
-    """Grouped bars: images per class, one bar per split.
-
-    Args:
-        counts: `{split: {class: count}}`.
-        class_names: the classes along the x axis.
-
-    Returns:
-        The matplotlib `Figure`.
-    """
-    from keras_parnet.evaluate import new_figure
-
-    figure = new_figure(max(6, 0.7 * len(class_names) * len(counts) + 2), 4.5)
-    axes = figure.add_subplot()
-    positions = np.arange(len(class_names))
-    width = 0.8 / len(counts)
-    for index, (split, per_class) in enumerate(counts.items()):
-        bars = axes.bar(positions + (index - (len(counts) - 1) / 2) * width,
-                        [per_class.get(name, 0) for name in class_names], width,
-                        label=f"{split} ({sum(per_class.values())})")
-        axes.bar_label(bars, fontsize=8)
-    rotate = len(class_names) > 6
-    axes.set_xticks(positions, labels=class_names, rotation=45 if rotate else 0,
-                    ha="right" if rotate else "center", rotation_mode="anchor")
-    axes.set_title("Images per class and split")
-    axes.set_xlabel("class")
-    axes.set_ylabel("images")
-    axes.legend()
-    return figure
-
-
-def plot_image_sizes(sizes, min_size=DEFAULT_MIN_SIZE):
-    """Scatter of image widths against heights, one colour per split, with
-    the tiny-image limit dashed.
-
-    Args:
-        sizes: `{split: float array (n, 2)}` of `(width, height)` pairs.
-        min_size: the tiny-image limit in pixels.
-
-    Returns:
-        The matplotlib `Figure`.
-    """
-    from keras_parnet.evaluate import new_figure
-
-    figure = new_figure(6.5, 5.5)
-    axes = figure.add_subplot()
-    for split, values in sizes.items():
-        axes.scatter(values[:, 0], values[:, 1], s=12, alpha=0.5, label=f"{split} ({len(values)})")
-    axes.axvline(min_size, color="grey", linestyle="--", linewidth=1)
-    axes.axhline(min_size, color="grey", linestyle="--", linewidth=1, label=f"{min_size} px")
-    axes.set_title("Image sizes (from file headers)")
-    axes.set_xlabel("width (px)")
-    axes.set_ylabel("height (px)")
-    axes.set_xlim(left=0)
-    axes.set_ylim(bottom=0)
-    axes.legend()
-    return figure
 
 
 def format_analysis(report):
@@ -302,39 +241,7 @@ def format_analysis(report):
     return "\n".join(lines) + "\n"
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_parnet.analyze",
-        description="Check a dataset before training: images per class and split, image sizes, "
-        "and warnings for class imbalance, duplicate files (train/test leakage), tiny images "
-        "and unreadable files. Writes class_counts.png, image_sizes.png and analysis.json.",
-    )
-    parser.add_argument("dataset", metavar="DATASET", help="folder holding train/<class>/ and test/<class>/")
-    parser.add_argument("--out", metavar="DIR",
-                        help="where to write the plots and analysis.json (default analysis/<dataset name>)")
-    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, metavar="PX",
-                        help=f"warn about images with a side below PX pixels (default {DEFAULT_MIN_SIZE})")
-    parser.add_argument("--imbalance", type=float, default=DEFAULT_IMBALANCE, metavar="RATIO",
-                        help="warn when a split's largest class has more than RATIO times the images "
-                        f"of its smallest (default {DEFAULT_IMBALANCE:g})")
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from keras_parnet.data import DatasetError
-
-    dataset_dir = Path(args.dataset)
-    out_dir = Path(args.out) if args.out else Path("analysis") / dataset_dir.resolve().name
-
-    def analyze():
-        report = analyze_dataset(dataset_dir, out_dir, args.min_size, args.imbalance)
-        print(format_analysis(report), end="")
-        print(f"Plots and {ANALYSIS_JSON} in {out_dir}")
-
-    return run_tool(analyze, (DatasetError,))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_parnet.cli import _common, analyze as cli
+    _common.warn_deprecated("python -m keras_parnet.analyze", "parnet-analyze")
+    raise SystemExit(cli.main())

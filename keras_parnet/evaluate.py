@@ -1,6 +1,6 @@
-"""Evaluate a trained run on its test split: `python evaluate.py --help`.
-
-Writes into the run folder (see `keras_parnet.runs`), or the folder `--out` names:
+"""Evaluate a trained run on its test split (`evaluate_run`; the command line
+is `keras_parnet.cli.evaluate`). Writes into the run folder (see
+`keras_parnet.runs`), or the folder `out_dir` names:
 
     report.json, report.txt            accuracy, top-k accuracy, per-class
                                        precision / recall / F1 / support,
@@ -10,33 +10,31 @@ Writes into the run folder (see `keras_parnet.runs`), or the folder `--out` name
     curves.png                         loss and accuracy per epoch (history.csv)
     worst_predictions.png              the most confidently wrong test images
 
-With `--artifact FILE` the classifier is an artifact written by
+With `artifact` the classifier is an artifact written by
 `keras_parnet.export` (`.keras`, `.tflite`, `.onnx` or a SavedModel folder),
-run by its own runtime, on the same test split of the same run (RUN_DIR, else
+run by its own runtime, on the same test split of the same run (`path`, else
 the artifact's folder when it holds a run.json, else the newest in
-`--logs-dir`): the same report, with `artifact`, `artifact_format` and
+`logs_dir`): the same report, with `artifact`, `artifact_format` and
 `artifact_input` in report.json, so that what fusion and each quantization
 cost is the difference of two accuracies. It goes to
-`<run>/artifact_reports/<artifact name>/` (or `--out`), leaving the run's own
+`<run>/artifact_reports/<artifact name>/` (or `out_dir`), leaving the run's own
 report as it is. Images are read as for the Keras model
 (`keras_parnet.predict.predict_paths`); see
 `keras_parnet.predict.load_artifact_classifier` for what an artifact is fed.
 """
 
-import argparse
 import csv
-import functools
 import io
 import json
 import math
-import os
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from keras_parnet._cli import output_dir, run_tool, write_atomically
+from keras_parnet.files import output_dir, write_atomically
+from keras_parnet.metrics import MetricWarning, classification_report, format_report, worst_predictions
+from keras_parnet.plots import plot_confusion_matrix, plot_history, plot_worst_predictions, save_figure
 
 REPORT_JSON = "report.json"
 REPORT_TEXT = "report.txt"
@@ -46,221 +44,13 @@ CURVES_PLOT = "curves.png"
 WORST_PLOT = "worst_predictions.png"
 # Where an artifact's report goes in its run folder: <run>/artifact_reports/<artifact name>/.
 ARTIFACT_REPORTS = "artifact_reports"
-# Above this many classes the per-cell numbers would overlap.
-MAX_ANNOTATED_CLASSES = 30
-
-
-class MetricWarning(UserWarning):
-    """A metric is undefined for a class (never predicted, or no test images)
-    and is reported as 0."""
 
 
 class EvaluateError(ValueError):
     """An evaluation that cannot run (no dataset, empty test split, ...)."""
 
 
-# Metrics ---------------------------------------------------------------------
-
-
-def confusion_matrix(labels, predictions, num_classes):
-    """Counts of (true label, predicted label) pairs.
-
-    Args:
-        labels: int array `(n,)` of true labels in `[0, num_classes)`.
-        predictions: int array `(n,)` of predicted labels.
-        num_classes: number of classes.
-
-    Returns:
-        int64 array `(num_classes, num_classes)`: row = true, column = predicted.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    predictions = np.asarray(predictions, dtype=np.int64)
-    pairs = labels * num_classes + predictions
-    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def _ratio(numerator, denominator):
-    """`numerator / denominator`, 0 where the denominator is 0."""
-    numerator = np.asarray(numerator, dtype=np.float64)
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator),
-                     where=np.asarray(denominator) > 0)
-
-
-def precision_recall_f1(matrix):
-    """Per-class `(precision, recall, f1, support)` from a confusion matrix.
-
-    Precision of a class never predicted and recall of a class without samples
-    are 0 (as is F1 when both are 0); a `MetricWarning` names those classes.
-    Returns four arrays `(num_classes,)`.
-    """
-    matrix = np.asarray(matrix)
-    true_positives = np.diag(matrix)
-    predicted = matrix.sum(axis=0)
-    support = matrix.sum(axis=1)
-    precision = _ratio(true_positives, predicted)
-    recall = _ratio(true_positives, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    return precision, recall, f1, support
-
-
-def undefined_metric_messages(matrix, class_names):
-    """Messages for the classes whose precision or recall `precision_recall_f1`
-    set to 0 because it was undefined."""
-    matrix = np.asarray(matrix)
-    names = np.asarray(class_names)
-    messages = []
-    never_predicted = names[matrix.sum(axis=0) == 0]
-    if never_predicted.size:
-        messages.append(f"precision set to 0 for classes never predicted: {', '.join(never_predicted)}")
-    without_samples = names[matrix.sum(axis=1) == 0]
-    if without_samples.size:
-        messages.append(f"recall set to 0 for classes without test images: {', '.join(without_samples)}")
-    return messages
-
-
-def top_k_accuracy(labels, probabilities, k):
-    """Fraction of samples whose true label is among the `k` highest scores."""
-    probabilities = np.asarray(probabilities)
-    k = min(k, probabilities.shape[1])
-    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
-
-
-def classification_report(labels, probabilities, class_names, top_k=5):
-    """Accuracy, top-k accuracy, loss and per-class metrics of predictions.
-
-    Args:
-        labels: int array `(n,)` of true labels.
-        probabilities: float array `(n, num_classes)` of class probabilities.
-        class_names: names in label order.
-        top_k: `k` of the top-k accuracy; reported as `None` when `k` is not
-            below the number of classes (it would be 1 by construction).
-
-    Returns:
-        A JSON-serialisable dict: `samples`, `accuracy`, `top_k`,
-        `top_k_accuracy`, `loss` (mean cross-entropy), `classes` (list of
-        `{name, precision, recall, f1, support}` in label order), `macro_avg`,
-        `weighted_avg`, `confusion_matrix` and `warnings` (messages also issued
-        as `MetricWarning`).
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    num_classes = len(class_names)
-    if probabilities.shape != (len(labels), num_classes):
-        raise ValueError(
-            f"probabilities of shape {probabilities.shape} do not fit {len(labels)} labels "
-            f"and {num_classes} classes."
-        )
-    if not len(labels):
-        raise ValueError("no samples to evaluate.")
-    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
-    precision, recall, f1, support = precision_recall_f1(matrix)
-    messages = undefined_metric_messages(matrix, class_names)
-    for message in messages:
-        warnings.warn(message, MetricWarning, stacklevel=2)
-    true_probability = probabilities[np.arange(len(labels)), labels]
-    per_class = np.stack([precision, recall, f1])
-
-    def averages(weights):
-        precision_avg, recall_avg, f1_avg = np.average(per_class, axis=1, weights=weights)
-        return {"precision": float(precision_avg), "recall": float(recall_avg),
-                "f1": float(f1_avg), "support": int(support.sum())}
-
-    return {
-        "samples": int(len(labels)),
-        "accuracy": float(np.trace(matrix) / len(labels)),
-        "top_k": int(top_k),
-        "top_k_accuracy": top_k_accuracy(labels, probabilities, top_k) if top_k < num_classes else None,
-        "loss": float(-np.mean(np.log(np.clip(true_probability, 1e-7, 1.0)))),
-        "classes": [
-            {"name": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
-        ],
-        "macro_avg": averages(None),
-        "weighted_avg": averages(support),
-        "confusion_matrix": matrix.tolist(),
-        "warnings": messages,
-    }
-
-
-def format_report(report):
-    """The report as a plain-text table (what `evaluate.py` prints)."""
-    rows = [(entry["name"], entry) for entry in report["classes"]]
-    rows += [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
-    width = max(14, *(len(name) for name, _ in rows))
-    header = f"{'':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>9}"
-    lines = [header]
-    for index, (name, entry) in enumerate(rows):
-        if index == len(report["classes"]):
-            lines.append("")
-        lines.append(f"{name:<{width}}  {entry['precision']:>9.4f}  {entry['recall']:>9.4f}  "
-                     f"{entry['f1']:>9.4f}  {entry['support']:>9d}")
-    lines.append("")
-    lines.append(f"{'accuracy':<{width}}  {report['accuracy']:.4f}  ({report['samples']} images)")
-    if report["top_k_accuracy"] is not None:
-        name = f"top-{report['top_k']} accuracy"
-        lines.append(f"{name:<{width}}  {report['top_k_accuracy']:.4f}")
-    lines.append(f"{'loss':<{width}}  {report['loss']:.4f}")
-    lines += [f"warning: {message}" for message in report["warnings"]]
-    return "\n".join(lines) + "\n"
-
-
-def worst_predictions(labels, probabilities, count):
-    """Indices of up to `count` misclassified samples, lowest probability of
-    the true class first."""
-    labels = np.asarray(labels)
-    probabilities = np.asarray(probabilities)
-    wrong = np.flatnonzero(probabilities.argmax(axis=1) != labels)
-    true_probability = probabilities[wrong, labels[wrong]]
-    return wrong[np.argsort(true_probability, kind="stable")[:count]]
-
-
-# Plots -----------------------------------------------------------------------
-
-
-def new_figure(width, height):
-    """A matplotlib `Figure` of `width` x `height` inches, laid out to fit.
-
-    A bare Figure draws with Agg and holds no pyplot state, so nothing leaks
-    between plots or needs closing, and no display is needed.
-    """
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def plot_confusion_matrix(matrix, class_names, normalize=False):
-    """The confusion matrix as a heat map with class names on both axes.
-
-    Args:
-        matrix: `(num_classes, num_classes)` counts, row = true class.
-        class_names: names in label order.
-        normalize: divide each row by its sum (the recall on the diagonal).
-
-    Returns:
-        The matplotlib `Figure`.
-    """
-    matrix = np.asarray(matrix)
-    num_classes = len(class_names)
-    values = _ratio(matrix, matrix.sum(axis=1, keepdims=True)) if normalize else matrix
-    side = min(4 + 0.45 * num_classes, 30)
-    figure = new_figure(side + 1.5, side)
-    axes = figure.add_subplot()
-    image = axes.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    figure.colorbar(image, ax=axes, shrink=0.8, label="fraction of the true class" if normalize else "images")
-    positions = np.arange(num_classes)
-    axes.set_xticks(positions, labels=class_names, rotation=45 if num_classes > 4 else 0,
-                    ha="right" if num_classes > 4 else "center", rotation_mode="anchor")
-    axes.set_yticks(positions, labels=class_names)
-    axes.set_xlabel("Predicted label")
-    axes.set_ylabel("True label")
-    axes.set_title("Confusion matrix (row-normalised)" if normalize else "Confusion matrix (counts)")
-    if num_classes <= MAX_ANNOTATED_CLASSES:
-        threshold = (1 if normalize else values.max()) / 2
-        for (row, column), value in np.ndenumerate(values):
-            axes.text(column, row, f"{value:.2f}" if normalize else f"{value:d}", ha="center",
-                      va="center", color="white" if value > threshold else "black", fontsize=9)
-    return figure
+# Training history ------------------------------------------------------------
 
 
 def _numbers(header, row):
@@ -313,73 +103,6 @@ def read_history(path):
     return history
 
 
-def plot_history(history):
-    """Loss and accuracy per epoch, training and validation, with the
-    learning rate on a second y axis.
-
-    Args:
-        history: `{column: array}` as returned by `read_history` (columns
-            `loss`, `accuracy`, their `val_` versions and `learning_rate`;
-            missing ones are left out).
-
-    Returns:
-        The matplotlib `Figure` (two axes: loss, accuracy).
-    """
-    figure = new_figure(11, 4.2)
-    epochs = history["epoch"]
-    for axes, metric, title in zip(figure.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
-        for key, label, style in ((metric, "training", "-o"), (f"val_{metric}", "validation", "-s")):
-            if key in history:
-                axes.plot(epochs, history[key], style, markersize=3, label=label)
-        axes.set_title(title)
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.grid(alpha=0.3)
-        lines, labels = axes.get_legend_handles_labels()
-        if "learning_rate" in history:
-            rate_axes = axes.twinx()
-            lines += rate_axes.plot(epochs, history["learning_rate"], "--", color="grey",
-                                    label="learning rate")
-            labels.append("learning rate")
-            rate_axes.set_ylabel("learning rate")
-            rate_axes.set_yscale("log")
-        axes.legend(lines, labels, loc="best", fontsize=9)
-    return figure
-
-
-def plot_worst_predictions(images, labels, probabilities, class_names, columns=4):
-    """A grid of images titled with their true and predicted class and the
-    probabilities the model gave each.
-
-    Args:
-        images: float array `(n, height, width, 3)` in [0, 1].
-        labels: int array `(n,)` of true labels.
-        probabilities: float array `(n, num_classes)`.
-        class_names: names in label order.
-        columns: images per row.
-
-    Returns:
-        The matplotlib `Figure` (one axes per image).
-    """
-    count = len(images)
-    columns = max(1, min(columns, count))
-    rows = math.ceil(count / columns)
-    figure = new_figure(3 * columns, 3.3 * rows + 0.4)
-    figure.suptitle("Worst misclassified test images")
-    predictions = np.asarray(probabilities).argmax(axis=1)
-    for index, image in enumerate(images):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        axes.imshow(np.clip(image, 0, 1))
-        axes.set_axis_off()
-        true, predicted = labels[index], predictions[index]
-        axes.set_title(
-            f"true: {class_names[true]} ({probabilities[index][true]:.2f})\n"
-            f"predicted: {class_names[predicted]} ({probabilities[index][predicted]:.2f})",
-            fontsize=9, color="darkred",
-        )
-    return figure
-
-
 # Evaluating a run --------------------------------------------------------------
 
 
@@ -408,7 +131,7 @@ def resolve_dataset(config, run_dir, dataset=None):
 
 
 def predict_files(model, paths, config, batch_size=32):
-    """Predicts image files as `predict.py` does (`keras_parnet.predict.predict_paths`,
+    """Predicts image files as the predict tool does (`keras_parnet.predict.predict_paths`,
     run.json's `preprocessing`) with a Keras model or a classifier function
     (`keras_parnet.predict.as_classifier`).
 
@@ -430,8 +153,7 @@ def predict_files(model, paths, config, batch_size=32):
 
 
 def _save(figure, path):
-    write_atomically(path, functools.partial(figure.savefig, dpi=110))
-    return path.name
+    return save_figure(figure, path).name
 
 
 def write_plots(run_dir, report, paths, labels, probabilities, image_size, worst_indices,
@@ -474,7 +196,8 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
 
     Args:
         path: run folder or weights file beside a run.json (`None`: the
-            newest run in `logs_dir`), as for `runs.load_run`.
+            newest run in `logs_dir`, or with `weights` the run.json beside
+            them), as for `runs.load_run`.
         weights: weights file instead of the run's best.
         dataset: dataset folder instead of the one run.json records.
         top_k: `k` of the top-k accuracy.
@@ -514,6 +237,8 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
             raise EvaluateError("--no-fuse is for the run's Keras model: an artifact is evaluated as exported.")
         artifact, run_dir = resolve_artifact(artifact, path, logs_dir)
     else:
+        if path is None and weights is not None:
+            path = weights
         run_dir, _ = resolve_run(path, logs_dir)
     # The dataset and the output folder are checked before the (slower) model is built.
     config = read_run(run_dir)
@@ -571,77 +296,3 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, 
                      lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     write_atomically(out_dir / REPORT_TEXT, lambda temporary: temporary.write_text(format_report(report)))
     return report
-
-
-def _int_at_least(minimum):
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "integer"  # argparse names the type in "invalid integer value"
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Evaluate a trained run (or, with --artifact, an artifact exported from it) on "
-        "the test split of its dataset: accuracy, top-k accuracy, per-class precision/recall/F1, "
-        "confusion matrix, training curves and the worst misclassified images, written into the "
-        "run folder (report.json, report.txt, *.png); an artifact's report goes to "
-        f"<run>/{ARTIFACT_REPORTS}/<artifact name>/.",
-    )
-    parser.add_argument("run", nargs="?", metavar="RUN_DIR",
-                        help="run folder or a weights file beside its run.json (default: the newest "
-                        "run in --logs-dir)")
-    parser.add_argument("--weights", metavar="FILE",
-                        help="weights to evaluate instead of the run's best.weights.h5")
-    parser.add_argument("--dataset", metavar="DIR",
-                        help="dataset folder holding test/<class>/ (default: the one in run.json)")
-    parser.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
-                        help="k of the top-k accuracy (default 5; left out when not below the class count)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="images per batch (default 32)")
-    parser.add_argument("--worst", type=_non_negative_int, default=16, metavar="N",
-                        help="misclassified images to show in worst_predictions.png (default 16, 0: none)")
-    parser.add_argument("--no-fuse", action="store_true",
-                        help="evaluate the model as trained instead of its reparameterized (fused) form")
-    parser.add_argument("--logs-dir", default="logs", metavar="DIR", help="where to find the newest run (default logs)")
-    parser.add_argument("--artifact", metavar="FILE",
-                        help="evaluate an artifact written by python -m keras_parnet.export (.keras, "
-                        ".tflite or .onnx file or SavedModel folder) with its own runtime instead of the "
-                        "run's Keras model, on the run's test split; the run is RUN_DIR, else the "
-                        "artifact's folder when it holds a run.json, else the newest in --logs-dir")
-    parser.add_argument("--out", metavar="DIR",
-                        help="where to write the report and plots (default: the run folder; with "
-                        f"--artifact, <run>/{ARTIFACT_REPORTS}/<artifact name>/, so the run's own "
-                        "report is kept)")
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from keras_parnet.data import DatasetError, ImageError
-    from keras_parnet.export import ExportError
-    from keras_parnet.predict import PredictError
-    from keras_parnet.runs import RunError
-
-    def evaluate():
-        report = evaluate_run(args.run, args.weights, args.dataset, args.top_k, args.batch_size,
-                              args.worst, fuse=not args.no_fuse, logs_dir=args.logs_dir,
-                              out_dir=args.out, artifact=args.artifact)
-        print(format_report(report), end="")
-        print(f"Report and plots in {report['out_dir']}: {REPORT_JSON}, {REPORT_TEXT}, "
-              f"{', '.join(report['plots'].values())}")
-
-    return run_tool(evaluate, (DatasetError, ImageError, RunError, EvaluateError, PredictError, ExportError))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

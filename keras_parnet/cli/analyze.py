@@ -1,0 +1,59 @@
+"""Check an image dataset before training: `parnet-analyze --dataset DIR`.
+
+Prints what `keras_parnet.analyze.analyze_dataset` finds (images per class
+and split, sizes, warnings) and writes its plots and analysis.json.
+"""
+
+import sys
+from pathlib import Path
+
+from keras_parnet.cli import _common
+
+DEFAULT_MIN_SIZE = 32  # keras_parnet.analyze.DEFAULT_MIN_SIZE, for --help without importing numpy
+DEFAULT_IMBALANCE = 3.0  # keras_parnet.analyze.DEFAULT_IMBALANCE
+
+
+def build_parser():
+    parser = _common.make_parser(
+        "analyze",
+        "Check a dataset before training: images per class and split, image sizes, "
+        "and warnings for class imbalance, duplicate files (train/test leakage), tiny images "
+        "and unreadable files. Writes class_counts.png, image_sizes.png and analysis.json.",
+    )
+    _common.add_deprecated_positional(parser, "dataset_dir", "DATASET")
+    _common.add_dataset_argument(parser)
+    _common.add_out_argument(parser, "the folder to write the plots and analysis.json into "
+                             "(default analysis/<dataset name>)")
+    parser.add_argument("--min-size", type=_common.positive_int, default=DEFAULT_MIN_SIZE, metavar="PX",
+                        help=f"warn about images with a side below PX pixels (default {DEFAULT_MIN_SIZE})")
+    parser.add_argument("--imbalance", type=_common.positive_float, default=DEFAULT_IMBALANCE, metavar="RATIO",
+                        help="warn when a split's largest class has more than RATIO times the images "
+                        f"of its smallest (default {DEFAULT_IMBALANCE:g})")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    positional = _common.take_deprecated_positional(args, "dataset_dir", "--dataset DIR", "the positional DATASET")
+    if positional is not None and args.dataset is not None:
+        parser.error(f"{positional} and --dataset name the same thing: pass only --dataset.")
+    dataset = args.dataset or positional
+    if dataset is None:
+        parser.error("--dataset DIR is required: a folder holding train/ and test/.")
+    dataset_dir = Path(dataset)
+    out_dir = Path(args.out) if args.out else Path("analysis") / dataset_dir.resolve().name
+    _common.quiet_tensorflow()
+    from keras_parnet.analyze import ANALYSIS_JSON, analyze_dataset, format_analysis
+    from keras_parnet.data import DatasetError
+
+    def analyze():
+        report = analyze_dataset(dataset_dir, out_dir, args.min_size, args.imbalance)
+        print(format_analysis(report), end="")
+        print(f"Plots and {ANALYSIS_JSON} in {out_dir}")
+
+    return _common.run_tool(analyze, (DatasetError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Evaluate a trained run on its test split: `parnet-evaluate --help`.
+
+Prints the report `keras_parnet.evaluate.evaluate_run` writes (report.json,
+report.txt and the plots, into the run folder or `--out DIR`).
+"""
+
+import sys
+
+from keras_parnet.cli import _common
+
+BATCH_SIZE = 32
+WORST = 16
+ARTIFACT_REPORTS = "artifact_reports"  # keras_parnet.evaluate.ARTIFACT_REPORTS, for --help without TensorFlow
+
+
+def build_parser():
+    parser = _common.make_parser(
+        "evaluate",
+        "Evaluate a trained run (or, with --artifact, an artifact exported from it) on "
+        "the test split of its dataset: accuracy, top-k accuracy, per-class precision/recall/F1, "
+        "confusion matrix, training curves and the worst misclassified images, written into the "
+        "run folder (report.json, report.txt, *.png) or --out; an artifact's report goes to "
+        f"<run>/{ARTIFACT_REPORTS}/<artifact name>/.",
+    )
+    _common.add_deprecated_positional(parser, "run_dir", "RUN_DIR")
+    run = _common.add_run_arguments(parser, "weights to evaluate instead of the run's best.weights.h5; "
+                                    "without --run, the run.json beside FILE is used")
+    run.add_argument("--artifact", metavar="PATH",
+                     help="evaluate an artifact written by parnet-export (.keras, .tflite or .onnx file or "
+                     "SavedModel folder) with its own runtime instead of the run's Keras model, on the run's "
+                     "test split; the run is --run, else the artifact's folder when it holds a run.json, "
+                     "else the newest in --logs-dir")
+    run.add_argument("--no-fuse", action="store_true",
+                     help="evaluate the model as trained instead of its reparameterized (fused) form")
+    _common.add_dataset_argument(parser, "a dataset folder holding test/<class>/ (default: the run's)")
+    _common.add_top_k_argument(parser, "k of the top-k accuracy (default 5; left out when not below the "
+                               "class count)")
+    _common.add_batch_size_argument(parser, BATCH_SIZE)
+    parser.add_argument("--worst", type=_common.non_negative_int, default=WORST, metavar="N",
+                        help=f"misclassified images to show in worst_predictions.png (default {WORST}, 0: none)")
+    _common.add_out_argument(parser, "the folder to write the report and plots into (default: the run folder; "
+                             f"with --artifact, <run>/{ARTIFACT_REPORTS}/<artifact name>/, so the run's own "
+                             "report is kept)")
+    return parser
+
+
+def take_positional_run(args, parser):
+    """Moves the deprecated positional RUN_DIR into `--run` (a folder) or
+    `--weights` (a weights file beside its run.json), with the deprecation line."""
+    from pathlib import Path
+
+    if args.run_dir is None:
+        return
+    is_file = Path(args.run_dir).expanduser().is_file()
+    new = "--weights" if is_file else "--run"
+    _common.warn_deprecated("the positional RUN_DIR", f"{new} {'FILE' if is_file else 'RUN_DIR'}")
+    if getattr(args, new[2:]) is not None:
+        parser.error(f"{args.run_dir} and {new} name the same thing: pass only {new}.")
+    setattr(args, new[2:], args.run_dir)
+
+
+def evaluate(args):
+    from keras_parnet.evaluate import REPORT_JSON, REPORT_TEXT, evaluate_run
+    from keras_parnet.metrics import format_report
+
+    report = evaluate_run(args.run, args.weights, args.dataset, args.top_k, args.batch_size, args.worst,
+                          fuse=not args.no_fuse, logs_dir=args.logs_dir, out_dir=args.out,
+                          artifact=args.artifact)
+    print(format_report(report), end="")
+    print(f"Report and plots in {report['out_dir']}: {REPORT_JSON}, {REPORT_TEXT}, "
+          f"{', '.join(report['plots'].values())}")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    take_positional_run(args, parser)
+    _common.quiet_tensorflow()
+    from keras_parnet.data import DatasetError, ImageError
+    from keras_parnet.evaluate import EvaluateError
+    from keras_parnet.export import ExportError
+    from keras_parnet.predict import PredictError
+    from keras_parnet.runs import RunError
+
+    return _common.run_tool(lambda: evaluate(args),
+                            (DatasetError, ImageError, RunError, EvaluateError, PredictError, ExportError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

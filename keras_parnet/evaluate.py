@@ -44,6 +44,9 @@ CURVES_PLOT = "curves.png"
 WORST_PLOT = "worst_predictions.png"
 # Where an artifact's report goes in its run folder: <run>/artifact_reports/<artifact name>/.
 ARTIFACT_REPORTS = "artifact_reports"
+BATCH_SIZE = 32
+# How many of the most confidently wrong test images worst_predictions.png shows.
+WORST = 16
 
 
 class EvaluateError(ValueError):
@@ -130,7 +133,7 @@ def resolve_dataset(config, run_dir, dataset=None):
     raise EvaluateError(f"the run's dataset {recorded} is not found: pass --dataset DIR holding test/.")
 
 
-def predict_files(model, paths, config, batch_size=32):
+def predict_files(model, paths, config, batch_size=BATCH_SIZE):
     """Predicts image files as the predict tool does (`keras_parnet.predict.predict_paths`,
     run.json's `preprocessing`) with a Keras model or a classifier function
     (`keras_parnet.predict.as_classifier`).
@@ -183,14 +186,14 @@ def write_plots(run_dir, report, paths, labels, probabilities, image_size, worst
         else:
             plots["curves"] = _save(plot_history(history), out_dir / CURVES_PLOT)
     if len(worst_indices):
-        images = np.stack([np.asarray(load_image(paths[index], image_size)) for index in worst_indices])
+        images = np.stack([load_image(paths[index], image_size) / 255 for index in worst_indices])
         figure = plot_worst_predictions(images, labels[worst_indices], probabilities[worst_indices],
                                         class_names)
         plots["worst_predictions"] = _save(figure, out_dir / WORST_PLOT)
     return plots
 
 
-def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=32, worst=16,
+def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=BATCH_SIZE, worst=WORST,
                  fuse=True, logs_dir="logs", out_dir=None, artifact=None):
     """Evaluates a trained run on the test split of its dataset.
 

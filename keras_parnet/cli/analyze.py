@@ -9,11 +9,11 @@ from pathlib import Path
 
 from keras_parnet.cli import _common
 
-DEFAULT_MIN_SIZE = 32  # keras_parnet.analyze.DEFAULT_MIN_SIZE, for --help without importing numpy
-DEFAULT_IMBALANCE = 3.0  # keras_parnet.analyze.DEFAULT_IMBALANCE
-
 
 def build_parser():
+    # The library's defaults; keras_parnet.analyze imports TensorFlow only when it reads images.
+    from keras_parnet.analyze import DEFAULT_IMBALANCE, DEFAULT_MIN_SIZE
+
     parser = _common.make_parser(
         "analyze",
         "Check a dataset before training: images per class and split, image sizes, "

@@ -5,15 +5,15 @@ report.txt and the plots, into the run folder or `--out DIR`).
 """
 
 import sys
+from pathlib import Path
 
 from keras_parnet.cli import _common
 
-BATCH_SIZE = 32
-WORST = 16
-ARTIFACT_REPORTS = "artifact_reports"  # keras_parnet.evaluate.ARTIFACT_REPORTS, for --help without TensorFlow
-
 
 def build_parser():
+    # keras_parnet.evaluate imports TensorFlow only when it evaluates.
+    from keras_parnet.evaluate import ARTIFACT_REPORTS, BATCH_SIZE, WORST
+
     parser = _common.make_parser(
         "evaluate",
         "Evaluate a trained run (or, with --artifact, an artifact exported from it) on "
@@ -47,16 +47,14 @@ def build_parser():
 def take_positional_run(args, parser):
     """Moves the deprecated positional RUN_DIR into `--run` (a folder) or
     `--weights` (a weights file beside its run.json), with the deprecation line."""
-    from pathlib import Path
-
     if args.run_dir is None:
         return
-    is_file = Path(args.run_dir).expanduser().is_file()
-    new = "--weights" if is_file else "--run"
-    _common.warn_deprecated("the positional RUN_DIR", f"{new} {'FILE' if is_file else 'RUN_DIR'}")
-    if getattr(args, new[2:]) is not None:
-        parser.error(f"{args.run_dir} and {new} name the same thing: pass only {new}.")
-    setattr(args, new[2:], args.run_dir)
+    flag, metavar = ("--weights", "FILE") if Path(args.run_dir).expanduser().is_file() else ("--run", "RUN_DIR")
+    value = _common.take_deprecated_positional(args, "run_dir", f"{flag} {metavar}", "the positional RUN_DIR")
+    dest = flag[2:]
+    if getattr(args, dest) is not None:
+        parser.error(f"{value} and {flag} name the same thing: pass only {flag}.")
+    setattr(args, dest, value)
 
 
 def evaluate(args):

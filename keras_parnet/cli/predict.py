@@ -13,6 +13,7 @@ is `keras_parnet.predict`.
 
 import os
 import sys
+from pathlib import Path
 
 from keras_parnet.cli import _common
 
@@ -20,7 +21,6 @@ PROMPT = "input img_path:"
 QUIT_WORDS = ("q", "quit", "exit")
 # Where figures go when no window can open and --out is not given.
 DEFAULT_PLOT_DIR = "predictions"
-BATCH_SIZE = 16
 
 
 def clean_path(line):
@@ -56,14 +56,10 @@ class PlotWriter:
     """Saves one titled PNG per image in `folder`, names made unique."""
 
     def __init__(self, folder):
-        from pathlib import Path
-
         self.folder = Path(folder)
         self.used = set()
 
     def save(self, figure, image_path):
-        from pathlib import Path
-
         from keras_parnet.plots import save_figure
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +135,7 @@ class Reporter:
             self.csv_file.close()
 
 
-def predict_arguments(model, config, arguments, reporter, batch_size=BATCH_SIZE):
+def predict_arguments(model, config, arguments, reporter, batch_size):
     """Batch mode: every image the arguments name; exit code 2 if any failed."""
     from keras_parnet.predict import expand_paths, predict_paths
 
@@ -189,6 +185,9 @@ def predict_lines(model, config, stdin, reporter, interactive):
 
 
 def build_parser():
+    # keras_parnet.predict imports TensorFlow only when it loads a model or images.
+    from keras_parnet.predict import BATCH_SIZE
+
     parser = _common.make_parser(
         "predict",
         "Classify images with a trained ParNet. Without PATHS and with a terminal, "

@@ -39,6 +39,19 @@ def tiny_model():
     return randomize_batch_norm(ParNet(TINY_WIDTHS, classes=3, name="tiny"))
 
 
+def interrupt_after(epochs):
+    """A Keras callback that stops training as Ctrl-C would (KeyboardInterrupt)
+    at the end of epoch `epochs` (1-based)."""
+    import keras
+
+    class InterruptAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs:
+                raise KeyboardInterrupt
+
+    return InterruptAfter()
+
+
 def write_dark_bright_dataset(root, train_counts, test_counts, suffix=".jpg"):
     """A two-class image folder a model learns in a few steps: noisy 40 px
     images around gray level 40 (`dark`) and 210 (`bright`).

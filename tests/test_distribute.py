@@ -14,8 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, write_dark_bright_dataset
-from test_train import InterruptAfter
+from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 
 from keras_parnet import callbacks, distribute, runs
 from keras_parnet import train as train_module
@@ -172,7 +171,7 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, eager_training, mo
     2-worker cluster, which trains epochs 2 and 3: only the chief writes, and
     both workers end with the same weights and optimizer state."""
     original = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [InterruptAfter(1)])
+    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(1)])
     common = ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "2"]
     with pytest.raises(SystemExit):
         train(build_parser().parse_args([*common, "--epochs", "3", "--logs-dir", str(tmp_path / "logs"),

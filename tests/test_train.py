@@ -3,10 +3,9 @@
 import csv
 import json
 
-import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 from PIL import Image
 
 from keras_parnet import callbacks, runs
@@ -31,22 +30,12 @@ def run_train(dataset, logs, *extra):
     return train(args)
 
 
-class InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
-
-
 def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, monkeypatch, capsys):
     """One run of 4 epochs, checked by --analyze first, stopped by Ctrl-C
     after epoch 2 and resumed (the two sessions share one tracing budget, so
     every check is on this run)."""
     original = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [InterruptAfter(2)])
+    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(2)])
     with pytest.raises(SystemExit) as stop:
         run_train(dataset, tmp_path, "--epochs", "4", "--run-name", "r", "--analyze")
     assert stop.value.code == 130

@@ -633,6 +633,7 @@ def test_a_single_class_is_refused(tmp_path):
         data.check_dataset(tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path):
     rng = np.random.default_rng(11)
     for split in ("train", "test"):

@@ -465,6 +465,7 @@ def tflite_artifact(trained_run):
 
 
 def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_path, capsys):
+@pytest.mark.slow
     from keras_parnet import predict
     from keras_parnet.runs import read_run
 
@@ -496,6 +497,7 @@ def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_
 
 
 @pytest.mark.parametrize("case, message", [
+@pytest.mark.slow
     ("missing", "does not exist: pass a .keras, .tflite or .onnx file"),
     ("garbage", "cannot load {artifact} as a tflite artifact"),
     ("other labels", "labels.txt does not match the run's class names (line 2 is 'wolf' where the run has 'dog')"),

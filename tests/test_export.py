@@ -33,6 +33,7 @@ def uint8_images(count, seed, size=IMAGE_SIZE):
     return np.random.default_rng(seed).integers(0, 256, (count, *size, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("format", export.FORMATS)
 def test_artifact_takes_uint8_images_and_matches_the_trained_model(trained_run, format, tmp_path, capsys):
     if format == "onnx":
@@ -59,6 +60,7 @@ def test_artifact_takes_uint8_images_and_matches_the_trained_model(trained_run, 
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_float_input_is_the_network_input_and_onnx_carries_the_class_names(trained_run, tmp_path):
     onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
     pytest.importorskip("tf2onnx", reason="the export extra is not installed")
@@ -76,6 +78,7 @@ CONVERTED_PREPROCESSING = {"rescale": 1 / 255, "mean": [0.485, 0.456, 0.406], "s
                            "crop_fraction": 0.875}
 
 
+@pytest.mark.slow
 def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_encoded_images(tmp_path):
     import tensorflow as tf
     from PIL import Image
@@ -114,6 +117,7 @@ def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_enco
 
 
 def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
+@pytest.mark.slow
     run_dir, model = trained_run
     float32 = exported(run_dir, "tflite")
     out = tmp_path / "best_fused_float16.tflite"
@@ -148,6 +152,7 @@ def exported(run_dir, format):
 
 
 def test_onnx_keeps_grouped_convolutions_grouped(trained_run):
+@pytest.mark.slow
     onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
     pytest.importorskip("tf2onnx", reason="the export extra is not installed")
     graph = onnx.load(exported(trained_run[0], "onnx")).graph
@@ -180,6 +185,7 @@ sys.exit(max(export.main(["--run", run_dir, "--format", format, "--out", out_dir
 
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
+@pytest.mark.slow
 def test_every_format_exports_and_reloads_with_onednn_off_and_on(trained_run, tmp_path, onednn):
     """TensorFlow's oneDNN path is on by default on some CPUs and off on
     others (AMD EPYC), and it decides which graph rewrites a reloaded
@@ -198,6 +204,7 @@ def test_every_format_exports_and_reloads_with_onednn_off_and_on(trained_run, tm
 
 
 def test_saved_model_runs_without_xla(trained_run):
+@pytest.mark.slow
     saved_model = exported(trained_run[0], "savedmodel")
     assert b"_XlaMustCompile" not in (saved_model / "saved_model.pb").read_bytes()
 
@@ -250,6 +257,7 @@ def test_dynamic_input_size_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("format", ["tflite", "savedmodel"])
+@pytest.mark.slow
 def test_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, format):
     result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", format,
                      "--out", read_only_dir)
@@ -257,6 +265,7 @@ def test_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, fo
 
 
 def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir):
+@pytest.mark.slow
     previous = full_dir / "best_fused.tflite"
     previous.write_bytes(b"")  # an empty file still fits on the full disk
     os.truncate(full_dir / "filler", (full_dir / "filler").stat().st_size - 4096)
@@ -292,6 +301,7 @@ def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path,
 
 
 def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images(tmp_path):
+@pytest.mark.slow
     """Full-integer int8, calibrated on the run's training images, graded on the
     test split with evaluate.py --artifact. The bound: int8 moves each class
     probability by at most 0.15 (measured up to 0.12 on the demo run), and a

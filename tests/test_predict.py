@@ -370,6 +370,7 @@ def float_artifact(known):
     from keras_parnet import export
 
     out, _ = export.export_run(known["run_dir"], "tflite", known["root"] / "deploy" / "float.tflite",
+@pytest.mark.slow
                                input="float")
     return out
 
@@ -391,6 +392,7 @@ def test_artifact_predicts_what_the_run_predicts(known, float_artifact, monkeypa
 
     # Piped paths take the same path through the classifier.
     code, out, err = run_main(monkeypatch, capsys, ["--run", known["run_dir"], "--artifact", float_artifact],
+@pytest.mark.slow
                               f"{images / 'dark.png'}\n")
     assert code == 0 and not err and out == [f"{images / 'dark.png'}\tzebra_dark\t0.800"]
 

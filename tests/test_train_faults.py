@@ -115,6 +115,7 @@ def assert_no_traceback(result):
 
 
 def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
+@pytest.mark.slow
     """One 3-epoch run, stopped four times at the moments that hurt, then
     resumed to the end."""
     run_dir = tmp_path / "logs" / "r"
@@ -163,6 +164,7 @@ def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
 
 
 def test_full_disk_mid_training_stops_with_one_line_and_resumes(dataset, tmp_path, small_disk):
+@pytest.mark.slow
     run_dir = small_disk / "r"
     filler = small_disk / "filler"
     result = drive(tmp_path, f"fill-disk:2:{filler}", "--dataset", dataset, *TINY_ARGS, "--batch-size", "8",

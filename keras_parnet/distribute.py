@@ -29,6 +29,8 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from keras_parnet import compat
+
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 TASK_TYPES = ("chief", "worker")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -198,7 +200,7 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-class MultiWorkerModel(keras.Model):
+class MultiWorkerModel(compat.SymbolicBuildHook):
     """A functional model whose `fit` works under `MultiWorkerMirroredStrategy`.
 
     Keras 3.15 (and its main branch in August 2026) fails there in two places
@@ -209,14 +211,12 @@ class MultiWorkerModel(keras.Model):
     Weights are stored as in the wrapped model.
     """
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(
-                    lambda value: self.distribute_strategy.experimental_local_results(value)[0], next(batches))
-                break
+    def build_from_batch(self, data_batch):
+        # Shapes are all the build needs: this replica's part of the batch has them.
+        data_batch = tree.map_structure(
+            lambda value: self.distribute_strategy.experimental_local_results(value)[0], data_batch)
         with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
+            compat.symbolic_build(self, data_batch)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         results = super().compute_metrics(x, y, y_pred, sample_weight)

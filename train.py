@@ -1,6 +1,6 @@
 """Train ParNet on an image folder; `python train.py --help`."""
 import sys
 
-from keras_parnet.train import main
+from keras_parnet.cli.train import main
 
 sys.exit(main())

@@ -640,7 +640,7 @@ def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path):
         for name in ("a", "b"):
             save(tmp_path / "data" / split / name / "0.png", random_rgb(rng, 32, 32))
     damaged = damage_inside(tmp_path / "data" / "train" / "b" / "0.png")
-    result = run_cli("keras_parnet.train", "--dataset", tmp_path / "data", "--logs-dir", tmp_path / "logs",
+    result = run_cli("keras_parnet.cli.train", "--dataset", tmp_path / "data", "--logs-dir", tmp_path / "logs",
                      "--epochs", "1", "--image-size", "32")
     assert_one_line_error(result, str(tmp_path / "data" / "train" / "b"), "has no readable images")
     assert f"{damaged} is truncated or corrupt" in result.stderr

@@ -18,7 +18,8 @@ from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 
 from keras_parnet import callbacks, distribute, runs
 from keras_parnet import train as train_module
-from keras_parnet.train import build_parser, compiled_model, main, train
+from keras_parnet.cli.train import build_parser, main, train_with_flags
+from keras_parnet.train import compiled_model
 
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--seed", "1"]
 TIMEOUT = 600
@@ -30,11 +31,13 @@ WORKER = textwrap.dedent("""
     import sys
     import numpy as np
     import tensorflow as tf
-    from keras_parnet.train import build_parser, train
+    from keras_parnet.cli._common import messages_to_console
+    from keras_parnet.cli.train import build_parser, train_with_flags
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
-    _, model = train(build_parser().parse_args(sys.argv[2:]))
+    messages_to_console()
+    _, model = train_with_flags(build_parser().parse_args(sys.argv[2:]))
     np.savez(sys.argv[1], *model.get_weights(), iterations=int(model.optimizer.iterations.numpy()))
 """)
 
@@ -175,7 +178,7 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, eager_training, mo
     monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(1)])
     common = ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "2"]
     with pytest.raises(SystemExit):
-        train(build_parser().parse_args([*common, "--epochs", "3", "--logs-dir", str(tmp_path / "logs"),
+        train_with_flags(build_parser().parse_args([*common, "--epochs", "3", "--logs-dir", str(tmp_path / "logs"),
                                          "--run-name", "r", "--strategy", "default"]))
     run_dir = tmp_path / "logs" / "r"
     assert (run_dir / "backup").is_dir()
@@ -227,7 +230,7 @@ def test_mirrored_step_equals_one_device_step_on_the_global_batch():
 
 
 def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_training):
-    run_dir, model = train(build_parser().parse_args(
+    run_dir, model = train_with_flags(build_parser().parse_args(
         ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "8", "--epochs", "1", "--mixed-precision",
 @pytest.mark.slow
          "--logs-dir", str(tmp_path)]))

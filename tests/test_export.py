@@ -311,7 +311,8 @@ def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images
     learns in a few steps depends on the CPU's kernels; the bound does not.)"""
     from conftest import write_dark_bright_dataset
 
-    from keras_parnet import evaluate, predict, train
+    from keras_parnet import evaluate, predict
+    from keras_parnet.cli import train
     from keras_parnet.cli import evaluate as evaluate_cli
     from keras_parnet.data import scan_split
 

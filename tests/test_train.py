@@ -9,7 +9,8 @@ from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 from PIL import Image
 
 from keras_parnet import callbacks, runs
-from keras_parnet.train import build_parser, main, train
+from keras_parnet.cli._common import messages_to_console
+from keras_parnet.cli.train import build_parser, main, train_with_flags
 
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
 
@@ -27,7 +28,8 @@ def history_rows(run_dir):
 
 def run_train(dataset, logs, *extra):
     args = build_parser().parse_args(["--dataset", str(dataset), "--logs-dir", str(logs), *TINY_ARGS, *extra])
-    return train(args)
+    messages_to_console()  # as the command line does: the library's progress on stdout
+    return train_with_flags(args)
 
 
 def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, monkeypatch, capsys):
@@ -41,7 +43,7 @@ def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, mo
         run_train(dataset, tmp_path, "--epochs", "4", "--run-name", "r", "--analyze")
     assert stop.value.code == 130
     out, err = capsys.readouterr()
-    assert "python train.py --resume" in err
+    assert "parnet-train --resume" in err  # in-process: the installed command
     counts = [line.split() for line in out.splitlines() if line.split()[:1] in (["bright"], ["dark"])]
     assert counts == [["bright", "6", "3"], ["dark", "6", "3"]]
     assert out.index("bright") < out.index("Epoch 1/4")  # the dataset is checked before training
@@ -55,7 +57,7 @@ def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, mo
     assert len(first_session) == 2
 
     monkeypatch.setattr(callbacks, "training_callbacks", original)
-    resumed_dir, model = train(build_parser().parse_args(["--resume", str(run_dir)]))
+    resumed_dir, model = train_with_flags(build_parser().parse_args(["--resume", str(run_dir)]))
     assert resumed_dir == run_dir
     assert "Epoch 3/4" in capsys.readouterr().out
     assert not (run_dir / "backup").exists()  # removed when a run finishes

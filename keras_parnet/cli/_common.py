@@ -47,9 +47,16 @@ def command(tool):
     return f"python {sibling}" if sibling.is_file() else f"parnet-{tool}"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A flag mistake in one line, as every other error of the tools."""
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def make_parser(tool, description, **kwargs):
-    """An `ArgumentParser` for `tool` whose `prog` is the invoked command."""
-    return argparse.ArgumentParser(prog=command(tool), description=description, **kwargs)
+    """An `ArgumentParser` for `tool` whose `prog` is the invoked command and
+    whose flag errors are one `error: ...` line (exit code 2)."""
+    return _Parser(prog=command(tool), description=description, **kwargs)
 
 
 # Types: the same bad value gets the same one-line error in every tool -----------
@@ -73,6 +80,8 @@ positive_int = _number(int, "positive_int", lambda value: value >= 1, "a whole n
 non_negative_int = _number(int, "non_negative_int", lambda value: value >= 0, "a whole number of 0 or more")
 positive_float = _number(float, "positive_float", lambda value: math.isfinite(value) and value > 0,
                          "a positive number")
+non_negative_float = _number(float, "non_negative_float", lambda value: math.isfinite(value) and value >= 0,
+                             "a number of 0 or more")
 fraction = _number(float, "fraction", lambda value: 0 <= value <= 1, "a fraction between 0 and 1")
 
 
@@ -266,7 +275,6 @@ def messages_to_console():
     lines. Calling it again adds no second handler."""
     logger = logging.getLogger("keras_parnet")
     logger.setLevel(logging.INFO)
-    logger.propagate = False
     if not any(isinstance(handler, _ConsoleHandler) for handler in logger.handlers):
         logger.addHandler(_ConsoleHandler())
 

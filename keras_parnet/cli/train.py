@@ -1,0 +1,229 @@
+"""Train ParNet on a `flow_from_directory` folder: `parnet-train --help`.
+
+    dataset/<name>/train/<class>/*.jpg
+    dataset/<name>/test/<class>/*.jpg
+
+Without a dataset, the embedded demo (`dataset/demo_faces`, faces vs
+non-faces) trains with small settings in a few minutes on a CPU. The
+training itself: `keras_parnet.train`.
+"""
+
+import sys
+from pathlib import Path
+
+from keras_parnet.cli import _common
+
+TOOL = "train"
+ARCHITECTURE_FLAGS = {"model": "--model", "widths": "--widths", "image_size": "--image-size",
+                      "small_input": "--small-input"}
+AUGMENTATION_FLAGS = ("rotation", "width_shift", "height_shift", "shear", "zoom", "fill_mode")
+
+
+def build_parser():
+    # The library module imports TensorFlow only when it trains.
+    from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, MAX_IMAGE_SIZE, \
+        MIN_IMAGE_SIZE
+
+    parser = _common.make_parser(
+        TOOL, "Train ParNet on dataset/<name>/{train,test}/<class>/ images. With no arguments and no "
+        f"{DEFAULT_DATASET}, trains on the embedded demo dataset.")
+    data = parser.add_argument_group("data")
+    _common.add_dataset_argument(data, f"{_common.DATASET_HELP} (default {DEFAULT_DATASET})")
+    data.add_argument("--demo", action="store_true",
+                      help=f"train on the embedded demo ({DEMO_DATASET}) with the demo settings")
+    _common.add_image_size_argument(
+        data, f"square input size, pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+        f"(default {DEFAULTS['image_size']}, demo {DEMO_SETTINGS['image_size']})")
+    _common.add_batch_size_argument(
+        data, None, f"images per replica and step (default {DEFAULTS['batch_size']}); a step trains on this "
+        "times the number of replicas (GPUs, or workers in a cluster)")
+    _common.deprecated(data, "--batch", "--batch-size", type=_common.positive_int, metavar="N")
+    data.add_argument("--analyze", action="store_true",
+                      help="check the dataset first (class counts, image sizes, train/test duplicates, "
+                      "unreadable files) and write its plots to <run>/analysis/")
+    data.add_argument("--cache", action="store_true", help="cache decoded images in memory")
+    data.add_argument("--seed", type=_common.non_negative_int, metavar="N",
+                      help="random seed for shuffling and augmentation")
+
+    augment = parser.add_argument_group("augmentation (training data only)")
+    augment.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    augment.add_argument("--rotation", type=_common.non_negative_float, metavar="DEGREES",
+                         help="max rotation (default 50)")
+    augment.add_argument("--width-shift", type=_common.fraction, metavar="FRACTION",
+                         help="max shift, fraction of width (default 0.1)")
+    augment.add_argument("--height-shift", type=_common.fraction, metavar="FRACTION",
+                         help="max shift, fraction of height (default 0.1)")
+    augment.add_argument("--shear", type=_common.non_negative_float, metavar="DEGREES",
+                         help="max shear (default 10)")
+    augment.add_argument("--zoom", type=_common.fraction, metavar="FRACTION",
+                         help="zoom range, scale in [1-z, 1+z] (default 0.1)")
+    augment.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    augment.add_argument("--brightness", type=_common.positive_float, nargs=2, metavar=("LOW", "HIGH"),
+                         help="brightness factor range (default 0.7 1.3)")
+    augment.add_argument("--no-brightness", action="store_true", help="no brightness change")
+    augment.add_argument("--fill-mode", choices=("nearest", "constant", "reflect", "wrap"),
+                         help="how to fill pixels moved in by the transform (default nearest)")
+
+    model = parser.add_argument_group("model")
+    _common.add_architecture_arguments(model, "s")
+    model.add_argument("--dropout", type=_common.fraction, metavar="RATE",
+                       help="dropout before the classifier, below 1 (default: the size's)")
+    _common.add_weights_argument(model, "start from these weights (.weights.h5, legacy .h5 or .keras)")
+
+    fit = parser.add_argument_group("optimisation")
+    fit.add_argument("--epochs", type=_common.positive_int, metavar="N",
+                     help=f"epochs (default {DEFAULTS['epochs']}, demo {DEMO_SETTINGS['epochs']})")
+    fit.add_argument("--lr", type=_common.positive_float, metavar="RATE",
+                     help=f"Adam learning rate of epoch 1 (default {DEFAULTS['lr']:g})")
+    fit.add_argument("--lr-decay", type=_common.positive_float, metavar="FACTOR",
+                     help=f"learning rate factor per epoch, at most 1 (default {DEFAULTS['lr_decay']:g})")
+    fit.add_argument("--patience", type=_common.non_negative_int, metavar="EPOCHS",
+                     help=f"early stopping patience on val_loss (default {DEFAULTS['patience']})")
+    fit.add_argument("--restore-best-weights", action="store_true",
+                     help="end training with the weights of the best epoch")
+
+    scale = parser.add_argument_group("devices and speed")
+    scale.add_argument("--strategy", default="auto", metavar="NAME",
+                       help="tf.distribute strategy: 'mirrored' trains on every GPU of this machine, "
+                       "'multi-worker' on the machines TF_CONFIG lists (the chief writes the run folder), "
+                       "'default' on one device; 'auto' (default) is multi-worker when TF_CONFIG names "
+                       "more than one task, mirrored with more than one GPU, else default")
+    scale.add_argument("--mixed-precision", action="store_true", default=None,
+                       help="compute in mixed_float16 on GPU (mixed_bfloat16 on CPU), keeping weights and "
+                       "the classifier output in float32")
+    scale.add_argument("--jit-compile", action="store_true",
+                       help="compile training steps with XLA (faster on GPU, about 4x slower on CPU)")
+
+    run = parser.add_argument_group("run folder")
+    _common.add_logs_dir_argument(run, f"{_common.LOGS_DIR_HELP}; new runs go here")
+    run.add_argument("--run-name", metavar="NAME", help="run folder name (default <date-time>-<model>)")
+    run.add_argument("--tensorboard-dir", metavar="DIR", help="TensorBoard folder (default <run>/tensorboard; "
+                     "`tensorboard --logdir logs` shows every run)")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                     help="continue an interrupted run (default: the newest in --logs-dir)")
+    return parser
+
+
+def check_flags(args, parser):
+    """Refuses flag values their types let through but training cannot use."""
+    from keras_parnet.train import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+    if args.lr_decay is not None and args.lr_decay > 1:
+        parser.error(f"argument --lr-decay: {args.lr_decay:g} is above 1: it multiplies the learning rate "
+                     "once per epoch; pass e.g. 0.95, or 1 for a constant rate")
+    if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        parser.error(f"argument --image-size: {args.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} "
+                     "px (ParNet's minimum, and the largest this tool trains at): pass e.g. 256")
+    if args.dropout is not None and args.dropout == 1:
+        parser.error("argument --dropout: 1 drops every feature: pass a fraction below 1")
+
+
+def augmentation_from_args(args):
+    from keras_parnet.data import Augmentation
+
+    given = {name: getattr(args, name) for name in AUGMENTATION_FLAGS if getattr(args, name) is not None}
+    if args.no_augment:
+        return Augmentation(rotation=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, zoom=0.0,
+                            horizontal_flip=False, brightness=None, fill_mode=given.get("fill_mode", "nearest"))
+    if args.no_flip:
+        given["horizontal_flip"] = False
+    if args.no_brightness:
+        given["brightness"] = None
+    elif args.brightness is not None:
+        given["brightness"] = tuple(args.brightness)
+    return Augmentation(**given)
+
+
+def _as_flag(flag, value):
+    if value is True:
+        return flag
+    if value is None or value is False:
+        return f"no {flag}"
+    return " ".join([flag, *map(str, value if isinstance(value, list) else [value])])
+
+
+def resolve_settings(args):
+    """`(settings, run folder to resume or None)`. The settings merge, lowest
+    first: the defaults, the demo settings (when training on the demo) or a
+    resumed run's settings, then the flags given. A resumed run's
+    architecture flags cannot change."""
+    from keras_parnet.runs import find_latest_run, read_run
+    from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, TrainError, \
+        demo_dataset_dir
+
+    settings = dict(DEFAULTS)
+    run_dir = None
+    if args.resume:
+        run_dir = find_latest_run(args.logs_dir) if args.resume == "latest" else Path(args.resume)
+        settings.update(read_run(run_dir).get("training", {}))
+        for key, flag in ARCHITECTURE_FLAGS.items():
+            given = getattr(args, key)
+            if given is not None and given != settings[key]:
+                raise TrainError(f"{run_dir} was trained with {_as_flag(flag, settings[key])}, not "
+                                 f"{_as_flag(flag, given)}: drop {flag} to resume it, or start a new run.")
+    elif args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir()):
+        if not args.demo:
+            print(f"{DEFAULT_DATASET} not found: training on the embedded demo dataset "
+                  f"({DEMO_DATASET}, faces vs non-faces) with the demo settings.")
+        settings.update(DEMO_SETTINGS, dataset=str(demo_dataset_dir()))
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    settings.update({key: value for key, value in given.items() if key in DEFAULTS or key == "dataset"})
+    settings.setdefault("dataset", DEFAULT_DATASET)
+    return settings, run_dir
+
+
+def train_with_flags(args):
+    """Runs the training the parsed flags describe; returns what
+    `keras_parnet.train.train` returns."""
+    from keras_parnet import train
+
+    settings, run_dir = resolve_settings(args)
+    try:
+        return train.train(
+            settings, args.logs_dir, args.run_name, run_dir, augmentation_from_args(args), args.weights,
+            args.strategy, args.seed, args.cache, args.analyze, args.restore_best_weights,
+            args.tensorboard_dir, args.jit_compile)
+    except BaseException as error:
+        raise stopped_training(error, settings) from None
+
+
+def stopped_training(error, settings):
+    """What to raise when training stopped on `error`: a message saying what
+    the run folder kept and how to continue."""
+    from keras_parnet.callbacks import TrainingDiverged
+    from keras_parnet.train import TrainError
+
+    run_dir = getattr(error, "resume_dir", None)
+    resume = f"{_common.command(TOOL)} --resume {run_dir}"
+    if isinstance(error, KeyboardInterrupt):
+        print("\nInterrupted. " + (f"Completed epochs are saved; continue with:\n  {resume}" if run_dir else
+                                   "No epoch was completed: nothing is saved."), file=sys.stderr)
+        return SystemExit(130)
+    if isinstance(error, TrainingDiverged):
+        lower = f"--lr {settings['lr'] / 10:g}"
+        if run_dir:
+            return TrainError(f"{error}: training stopped and the epoch was not recorded. Continue from the last "
+                              f"good epoch with a lower learning rate: {resume} {lower}")
+        return TrainError(f"{error}: training stopped and nothing is saved; try a lower learning rate ({lower}).")
+    if isinstance(error, OSError) and run_dir:
+        return TrainError(f"{_common.describe_os_error(error)} Completed epochs are saved; continue with: {resume}")
+    return error
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser)
+    _common.quiet_tensorflow()
+    from keras_parnet.data import DatasetError
+    from keras_parnet.runs import RunError
+    from keras_parnet.train import TrainError
+
+    def body():
+        train_with_flags(args)
+
+    return _common.run_tool(body, (DatasetError, RunError, TrainError, FileNotFoundError, ValueError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,6 +39,17 @@ def tiny_model():
     return randomize_batch_norm(ParNet(TINY_WIDTHS, classes=3, name="tiny"))
 
 
+@pytest.fixture(scope="session")
+def named_model():
+    """`named_model("s")` ... `named_model("xl")`: the named builder's model
+    (any input size, 1000 classes), built once per session: S-XL take seconds each."""
+    import functools
+
+    import keras_parnet
+
+    return functools.cache(lambda size: getattr(keras_parnet, f"parnet_{size}")())
+
+
 def interrupt_after(epochs):
     """A Keras callback that stops training as Ctrl-C would (KeyboardInterrupt)
     at the end of epoch `epochs` (1-based)."""

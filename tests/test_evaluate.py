@@ -240,7 +240,8 @@ def trained_run(tmp_path_factory):
     (run_dir / "history.csv").write_text(
         "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
         "0,0.4,1.2,0.001,0.3,1.3\n1,0.5,1.0,0.00095,0.4,1.1\n")
-    images = np.stack([load_image(path, 32) for path in test_paths])
+    # The bare network on numpy-scaled pixels: the run's model scales them in its first layer.
+    images = np.stack([load_image(path, 32) for path in test_paths]) / 255
     probabilities = model.predict(images, verbose=0)
     return run_dir, test_paths, test_labels, probabilities
 

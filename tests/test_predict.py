@@ -27,7 +27,7 @@ def softmax(logits):
 
 def uniform(level):
     """What load_image makes of a uniform image, whatever the resize method."""
-    return np.full((1, SIZE, SIZE, 3), level / 255, dtype="float32")
+    return np.full((1, SIZE, SIZE, 3), level, dtype="float32")
 
 
 def set_known_answer(model):
@@ -231,11 +231,11 @@ def test_every_weights_format_gives_identical_probabilities(known, tmp_path):
         assert config["class_names"] == CLASSES and config["image_size"] == [SIZE, SIZE]
         # Eager calls: tracing a predict function per model would dominate the test.
         results[name] = keras.ops.convert_to_numpy(
-            loaded(predict.normalize(inputs, config["preprocessing"]), training=False))
+            loaded(inputs, training=False))
     for name in ("legacy.h5", "keras", "bare keras", "bare weights.h5"):
         np.testing.assert_array_equal(results[name], results["weights.h5"], err_msg=name)
     # The same eager call on the trained model: graph predict may order float sums differently.
-    expected = keras.ops.convert_to_numpy(model(predict.normalize(inputs), training=False))
+    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
     np.testing.assert_allclose(results["weights.h5"], expected, atol=1e-6)
     np.testing.assert_allclose(results["fused"], results["weights.h5"], atol=1e-4)
 
@@ -271,15 +271,6 @@ def test_setting_errors(monkeypatch, capsys, tmp_path, argv, message):
     assert code == 2 and not out and len(err) == 1 and message in err[0]
 
 
-def test_normalize_follows_run_preprocessing():
-    images = np.random.default_rng(0).random((2, 4, 4, 3)).astype("float32")
-    np.testing.assert_array_equal(predict.normalize(images, {"rescale": 1 / 255}), images)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    np.testing.assert_allclose(predict.normalize(images, {"mean": mean, "std": std}),
-                               (images - np.array(mean)) / np.array(std), atol=1e-6)
-    np.testing.assert_allclose(predict.normalize(images, {"rescale": 1 / 127.5}), images * 2, rtol=1e-6)
-
-
 def test_clean_path(monkeypatch):
     monkeypatch.setenv("HOME", "/home/user")
     assert predict_cli.clean_path("  '~/a b.jpg'\n") == "/home/user/a b.jpg"
@@ -288,19 +279,24 @@ def test_clean_path(monkeypatch):
 
 
 def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
-    """A run with the official ImageNet preprocessing: the model sees the
-    center crop of `load_image(..., crop_fraction)` normalized by mean/std."""
+    """A run with the official ImageNet preprocessing: the network sees the
+    center crop of `load_image(..., crop_fraction)` normalized by mean/std
+    (by its own layers; the reference normalizes in numpy)."""
     left = np.zeros((40, 80, 3), np.uint8)
     left[:, :40] = 255  # white left half
     path = tmp_path / "halves.png"
     Image.fromarray(left).save(path)
-    preprocessing = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                     "crop_fraction": 0.875, "interpolation": "bilinear"}
-    model = known["model"]
-    ranked = predict.predict_image(model, path, CLASSES, SIZE, top_k=2, preprocessing=preprocessing)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    config = runs.run_config("ParNet", {"widths": list(TINY_WIDTHS)}, SIZE, CLASSES,
+                             {"rescale": 1 / 255, "mean": mean, "std": std, "crop_fraction": 0.875})
+    model, bare = runs.build_model(config), runs.build_model(config, include_preprocessing=False)
+    model.set_weights(known["model"].get_weights())
+    bare.set_weights(known["model"].get_weights())
+    ranked = predict.predict_image(model, path, CLASSES, SIZE, top_k=2, preprocessing=config["preprocessing"])
     cropped = data.load_image(path, SIZE, crop_fraction=0.875)
-    assert 0.3 < cropped[..., 0].mean() < 0.7  # the crop shows both halves
-    expected = model.predict(predict.normalize(cropped[np.newaxis], preprocessing), verbose=0)[0]
+    assert 0.3 * 255 < cropped[..., 0].mean() < 0.7 * 255  # the crop shows both halves
+    normalized = (cropped[np.newaxis] / 255 - np.float32(mean)) / np.float32(std)
+    expected = keras.ops.convert_to_numpy(bare(normalized.astype("float32"), training=False))[0]
     np.testing.assert_allclose([p for _, p in ranked], sorted(expected, reverse=True), atol=1e-6)
 
 

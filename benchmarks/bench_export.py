@@ -25,9 +25,9 @@ TensorFlow and ONNX Runtime use their defaults); test accuracy goes through
 `keras_parnet.export.load_artifact`. All formats are warmed up, then timed in
 alternating rounds so that load from other processes hits them alike.
 
-Test images: `keras_parnet.data.load_image` (the run's resize, [0, 1] floats);
-the Keras models get them through `keras_parnet.predict.normalize`, the uint8
-artifacts get `round(x * 255)`. (For a converted run with a center crop, the
+Test images: `keras_parnet.data.load_image` (the run's resize, 0-255 floats);
+the Keras models (which scale and normalize in their first layers) get them as
+they are, the uint8 artifacts get `round(x)`. (For a converted run with a center crop, the
 uint8 artifacts get the whole image resized and crop inside, so their
 accuracy is not exactly the pipeline's.)
 
@@ -182,7 +182,6 @@ def main(argv=None):
     import tensorflow as tf
 
     from keras_parnet import export
-    from keras_parnet.predict import normalize
     from keras_parnet.reparam import reparameterize
     from keras_parnet.runs import load_run
 
@@ -193,8 +192,8 @@ def main(argv=None):
         fused = reparameterize(model)
         image_shape = (*config["image_size"], 3)
         dataset, test_images, test_labels = load_test_split(config, config["run_dir"])
-        test_uint8 = np.round(test_images * 255).astype(np.uint8)
-        test_float = normalize(test_images, config.get("preprocessing"))
+        test_uint8 = np.round(test_images).astype(np.uint8)
+        test_float = test_images.astype(np.float32)
         versions = f"TensorFlow {tf.__version__}"
         try:
             import onnxruntime
@@ -248,7 +247,7 @@ def main(argv=None):
         for batch_size in BATCH_SIZES:
             rng = np.random.default_rng(0)
             uint8_batch = test_uint8[rng.integers(0, len(test_uint8), batch_size)]
-            float_batch = normalize(uint8_batch / np.float32(255), config.get("preprocessing"))
+            float_batch = uint8_batch.astype(np.float32)
             iterations = max(1, args.images_per_round // batch_size)
             # Floats for the Keras models, uint8 for the artifacts.
             calls = [(runners[name][batch_size], float_batch if FORMATS[name] is None else uint8_batch)

@@ -11,8 +11,9 @@ The path of one image, shared by training, evaluation and prediction:
 
     file -> decode to RGB (first frame; grayscale, RGBA, CMYK, palette and
     16-bit files too) -> resize to the model size with nearest-neighbour
-    sampling (ImageDataGenerator's default) -> float32 in [0, 1]
+    sampling (ImageDataGenerator's default) -> float32 pixels in [0, 255]
     -> [training only: one fused geometric transform, then brightness]
+    -> the model, whose first layers scale (and normalize) them
 
 JPEG, PNG and 24/32-bit BMP files are decoded by TensorFlow (JPEG with the
 accurate integer IDCT, so pixels equal Pillow's); GIF, palette or compressed
@@ -75,7 +76,7 @@ class Augmentation:
             (above 1 zooms out, as in `ImageDataGenerator`).
         horizontal_flip: mirror half of the images left to right.
         brightness: `(low, high)` range of a factor multiplying the pixels
-            (clipped to [0, 1]), or `None`.
+            (clipped to [0, 255]), or `None`.
         fill_mode: how points outside the image are filled: "nearest",
             "constant" (black), "reflect" or "wrap".
     """
@@ -403,19 +404,24 @@ def _pil_decode(path):
         return np.asarray(image.convert("RGB"))
 
 
+def _pixels(image):
+    """uint8 or uint16 RGB -> float32 in [0, 255] (16-bit values / 257)."""
+    return tf.cast(image, tf.float32) / (image.dtype.max / 255)
+
+
 def _load(path, decoder, size, crop_fraction=None):
-    """Image file -> float32 `(*size, 3)` RGB in [0, 1].
+    """Image file -> float32 `(*size, 3)` RGB pixels in [0, 255].
 
     Decodes to integers with the scan's `decoder`, resizes (nearest neighbour
-    only picks pixels, so the smaller integer image is resized), then scales
-    by 1/255 (1/65535 for 16-bit PNGs). With `crop_fraction` (converted
-    ImageNet runs) it scales first, then resizes and center-crops as timm does.
+    only picks pixels, so the smaller integer image is resized), then converts
+    to float (16-bit PNGs scaled to 0-255). With `crop_fraction` (converted
+    ImageNet runs) it converts first, then resizes and center-crops as timm does.
     """
 
     def resized(image):
         if crop_fraction:
-            return resize_like_run(tf.image.convert_image_dtype(image, tf.float32), size, crop_fraction)
-        return tf.image.convert_image_dtype(resize_like_run(image, size), tf.float32)
+            return resize_like_run(_pixels(image), size, crop_fraction)
+        return _pixels(resize_like_run(image, size))
 
     def with_pillow():
         image = tf.numpy_function(lambda name: _pil_decode(os.fsdecode(name.item())), [path], tf.uint8)
@@ -441,7 +447,8 @@ def load_image(path, image_size, crop_fraction=None):
             official ImageNet evaluation uses 0.875).
 
     Returns:
-        float32 array of shape `(height, width, 3)`, RGB in [0, 1].
+        float32 array of shape `(height, width, 3)`, RGB pixels in [0, 255]
+        (what a run's model takes).
 
     Raises:
         ImageError: a missing path, a folder, a file that is not an image,
@@ -564,7 +571,7 @@ def _augment(images, seed, augmentation):
         images = _resample(images, matrices, augmentation.fill_mode)
     if augmentation.brightness is not None:
         factors = uniform(7, *augmentation.brightness)
-        images = tf.clip_by_value(images * factors[:, None, None, None], 0.0, 1.0)
+        images = tf.clip_by_value(images * factors[:, None, None, None], 0.0, 255.0)
     return images
 
 
@@ -592,7 +599,7 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
 
     Returns:
         `(dataset, class_names, count)`: batches of (float32 images
-        `(batch, height, width, 3)` in [0, 1], one-hot float32 labels
+        `(batch, height, width, 3)`, pixels in [0, 255], one-hot float32 labels
         `(batch, classes)`), the class names, and the number of images.
 
     Raises:

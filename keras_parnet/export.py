@@ -9,14 +9,16 @@ for inference (`keras_parnet.reparam.reparameterize`) and written at the run's
 fixed image size with a free batch size, with the run's class names beside it
 (`labels.txt`, one per line in label order). The artifact is then loaded back
 with its own runtime and its outputs on a sample batch are compared with the
-trained Keras model fed through the data pipeline (load, resize, scale): a float
+trained Keras model fed through the data pipeline (load, resize): a float
 artifact fails the export if they differ by more than 1e-4; a quantized one is
 graded by its accuracy (`parnet-evaluate --artifact`).
 
+Every artifact scales its input (and, for converted runs, normalizes it with
+the official mean/std) in its graph: the run's model starts with those layers.
 Inputs (`--input`): `uint8` (default) takes RGB images `(batch, H, W, 3)` uint8 at
-the run's size and does the run's preprocessing in the graph (resize, [0, 1]
-scaling, mean/std for converted runs); `float` takes what the network itself
-takes, for callers that preprocess themselves. Outputs are the class
+the run's size and resizes them as the run did (the run's crop, for converted
+runs); `float` takes float32 0-255 RGB pixels already at the run's size
+(resized and cropped by the caller), what the run's model takes. Outputs are the class
 probabilities in label order. A SavedModel has the endpoints `serve` (the
 input above; also `serving_default`), `serve_float`, `serve_bytes` (a batch of
 encoded JPEG/PNG/BMP/GIF images of any size, resized as the run did) and
@@ -190,9 +192,9 @@ def export_model(model, path, format, config=None, input="uint8", quantize="none
             `labels.txt` beside the artifact (and into the SavedModel and ONNX
             files).
         input: with `config`, `"uint8"` for an artifact that takes uint8 images
-            and does the run's preprocessing in its graph
+            and resizes them as the run did in its graph
             (`keras_parnet.preprocessing.with_preprocessing`), or `"float"`
-            for one that takes what `model` takes.
+            for one that takes what `model` takes (a run's model: 0-255 pixels).
         quantize: one of `QUANTIZATIONS`; anything but `"none"` is TFLite only.
         calibration: with `quantize="int8"`, images the artifact's input
             takes, `(N, H, W, 3)`, to calibrate the integer ranges on.
@@ -369,8 +371,8 @@ def load_artifact(path, format=None):
     Returns:
         A function `(batch, H, W, 3) array -> probabilities`; the batch is
         cast to the artifact's input type. Its attributes `input_dtype`
-        (`numpy.uint8`: pixels, the run's preprocessing inside; `float32`:
-        what the network takes) and `input_shape` (`(None, H, W, 3)`) say
+        (`numpy.uint8`: pixels, resized inside; `float32`: 0-255 pixels at
+        the run's size) and `input_shape` (`(None, H, W, 3)`) say
         what the artifact takes.
     """
     if format is None:
@@ -444,12 +446,11 @@ def sample_images(image_size, size=CHECK_BATCH_SIZE, seed=0):
 
 def pipeline_inputs(images, config):
     """What the trained model is fed for uint8 `images` by the data pipeline:
-    each image goes through a PNG file, `keras_parnet.data.load_image` (the
-    run's resize) and the run's scaling and normalization."""
+    each image goes through a PNG file and `keras_parnet.data.load_image`
+    (the run's resize; float 0-255 pixels, the model scales them itself)."""
     from PIL import Image
 
     from keras_parnet.data import load_image
-    from keras_parnet.predict import normalize
 
     crop_fraction = config.get("preprocessing", {}).get("crop_fraction")
     with tempfile.TemporaryDirectory() as folder:
@@ -458,7 +459,7 @@ def pipeline_inputs(images, config):
             file = os.path.join(folder, f"{index}.png")
             Image.fromarray(image).save(file)
             loaded.append(load_image(file, config["image_size"], crop_fraction))
-    return normalize(np.stack(loaded), config.get("preprocessing"))
+    return np.stack(loaded)
 
 
 def calibration_images(dataset_dir, image_size, count=DEFAULT_CALIBRATION_IMAGES, seed=0):
@@ -470,7 +471,7 @@ def calibration_images(dataset_dir, image_size, count=DEFAULT_CALIBRATION_IMAGES
     paths, _, _ = scan_split(Path(dataset_dir) / "train")
     order = np.random.default_rng(seed).permutation(len(paths))[:count]
     return np.stack([
-        np.round(load_image(paths[index], image_size) * 255).astype(np.uint8) for index in sorted(order)
+        np.round(load_image(paths[index], image_size)).astype(np.uint8) for index in sorted(order)
     ])
 
 
@@ -497,8 +498,8 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
         out: the file (folder for savedmodel) to write (default: in
             `out_dir`, named as `default_output(weights, format, quantize)`).
         logs_dir: where to look for runs when `path` is `None`.
-        input: `"uint8"` (the run's preprocessing inside) or `"float"` (the
-            network's own input), see the module docstring.
+        input: `"uint8"` (the run's resize inside) or `"float"` (0-255
+            pixels at the run's size), see the module docstring.
         quantize: one of `QUANTIZATIONS` (tflite only).
         calibration_count: how many training images calibrate int8.
         dataset: the dataset folder whose `train/` calibrates int8 (default:

@@ -13,9 +13,10 @@ evaluation path of the training pipeline.
 An artifact written by `keras_parnet.export` (`.keras`, `.tflite`, `.onnx` or
 a SavedModel folder) classifies through its own runtime instead
 (`load_artifact_predictor`): the class names and image size still come from
-the run, and must match the `labels.txt` beside the artifact. A uint8 artifact
-is given the 8-bit pixels and does the run's preprocessing itself; a float one
-is given `normalize(...)` of them. Keras models and artifacts go through one
+the run, and must match the `labels.txt` beside the artifact. Models and
+artifacts do the run's preprocessing in their graph: a Keras model and a float
+artifact are given the 0-255 pixels `load_image` reads, a uint8 artifact the
+same pixels as 8-bit integers. Keras models and artifacts go through one
 code path: `predict_paths` and `predict_probabilities` take a classifier
 function `images -> probabilities` (`as_classifier`, `artifact_classifier`).
 """
@@ -41,44 +42,29 @@ class PredictError(ValueError):
 # Prediction --------------------------------------------------------------------
 
 
-def normalize(images, preprocessing=None):
-    """Images in [0, 1], `(..., H, W, 3)` -> model inputs, as `run.json`'s
-    `preprocessing` says: `rescale` (of 0-255 pixels, default 1/255), then
-    `(x - mean) / std` per channel when given (converted ImageNet weights)."""
-    preprocessing = preprocessing or {}
-    inputs = np.asarray(images, dtype="float32")
-    scale = 255 * preprocessing.get("rescale", 1 / 255)
-    if not np.isclose(scale, 1.0):
-        inputs = inputs * np.float32(scale)
-    if "mean" in preprocessing:
-        inputs = inputs - np.asarray(preprocessing["mean"], dtype="float32")
-    if "std" in preprocessing:
-        inputs = inputs / np.asarray(preprocessing["std"], dtype="float32")
-    return inputs
-
-
 def rank(probabilities, class_names, top_k=DEFAULT_TOP_K):
     """`[(class_name, probability), ...]`, the `top_k` most likely first."""
     order = np.argsort(-np.asarray(probabilities), kind="stable")[:top_k]
     return [(class_names[index], float(probabilities[index])) for index in order]
 
 
-def as_classifier(model, preprocessing=None):
-    """A function `(N, H, W, 3)` images in [0, 1] -> `(N, classes)` probabilities.
+def as_classifier(model):
+    """A function `(N, H, W, 3)` 0-255 RGB pixels -> `(N, classes)` probabilities.
 
-    A Keras model (anything with `predict_on_batch`) is fed
-    `normalize(images, preprocessing)`; anything else is taken to be such a
-    function already, e.g. an exported artifact's (`artifact_classifier`).
+    A Keras model (anything with `predict_on_batch`; a run's model scales and
+    normalizes in its first layers) is given them as float32; anything else
+    is taken to be such a function already, e.g. an exported artifact's
+    (`artifact_classifier`).
     """
     if not hasattr(model, "predict_on_batch"):
         return model
-    return lambda images: np.asarray(model.predict_on_batch(normalize(images, preprocessing)))
+    return lambda images: np.asarray(model.predict_on_batch(np.asarray(images, np.float32)))
 
 
-def predict_probabilities(model, images, preprocessing=None):
-    """`(N, H, W, 3)` images in [0, 1] -> `(N, classes)` outputs of `model`,
+def predict_probabilities(model, images):
+    """`(N, H, W, 3)` 0-255 pixels -> `(N, classes)` outputs of `model`,
     a Keras model or a classifier function (see `as_classifier`)."""
-    return np.asarray(as_classifier(model, preprocessing)(images))
+    return np.asarray(as_classifier(model)(images))
 
 
 def check_finite(probabilities, sources):
@@ -103,7 +89,8 @@ def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, pre
         class_names: names in label order.
         image_size: `(height, width)` or int, as the model was trained.
         top_k: how many classes to return.
-        preprocessing: `run.json`'s `preprocessing` (default: [0, 1] pixels).
+        preprocessing: `run.json`'s `preprocessing` (its `crop_fraction`
+            is applied when the image is read; the model does the rest).
 
     Returns:
         `[(class_name, probability), ...]`, the most likely first.
@@ -114,7 +101,7 @@ def predict_image(model, path, class_names, image_size, top_k=DEFAULT_TOP_K, pre
     from keras_parnet.data import load_image
 
     image = load_image(path, image_size, (preprocessing or {}).get("crop_fraction"))
-    probabilities = predict_probabilities(model, image[np.newaxis], preprocessing)[0]
+    probabilities = predict_probabilities(model, image[np.newaxis])[0]
     return rank(probabilities, class_names, top_k)
 
 
@@ -127,13 +114,13 @@ def predict_paths(model, paths, image_size, preprocessing=None, batch_size=BATCH
 
     Yields:
         `(path, image, probabilities, error)` in the order of `paths`: `image`
-        the `(H, W, 3)` input in [0, 1] and `probabilities` `(classes,)`, or
+        the `(H, W, 3)` input (0-255 pixels) and `probabilities` `(classes,)`, or
         both `None` and `error` the one-line reason the file was skipped.
     """
     from keras_parnet.data import ImageError, load_image
 
     crop_fraction = (preprocessing or {}).get("crop_fraction")
-    classify = as_classifier(model, preprocessing)
+    classify = as_classifier(model)
     paths = iter(paths)
     while True:
         chunk = list(itertools.islice(paths, batch_size))
@@ -300,7 +287,23 @@ def load_predictor(run=None, weights=None, logs_dir="logs", fuse=True, **overrid
     config["weights"] = str(weights)
     if fuse:
         model = fuse_model(model, may_be_fused=full_model)
+    if full_model:
+        model = _taking_pixels(model)
     return model, config
+
+
+def _taking_pixels(model):
+    """A full model saved before models began with their preprocessing layers
+    takes [0, 1] floats; behind a `Rescaling` it takes 0-255 pixels as every
+    run's model does."""
+    import keras
+
+    from keras_parnet.models import preprocessing_layers
+
+    if any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers):
+        return model
+    inputs = keras.Input(model.input_shape[1:])
+    return keras.Model(inputs, model(preprocessing_layers(inputs)), name=model.name)
 
 
 def fuse_model(model, may_be_fused=False):
@@ -325,21 +328,20 @@ def fuse_model(model, may_be_fused=False):
 # Exported artifacts --------------------------------------------------------------
 
 
-def artifact_classifier(run, preprocessing=None):
+def artifact_classifier(run):
     """The classifier function (see `as_classifier`) of a loaded artifact.
 
     Args:
         run: what `keras_parnet.export.load_artifact` returns.
-        preprocessing: the run's `preprocessing`, for a float artifact.
 
-    A uint8 artifact does the run's preprocessing itself and is given the
-    pixels `round(255 * images)`: exactly the 8-bit pixels for images read by
-    `load_image` at the run's size without a crop. A float artifact takes
-    what the network takes: `normalize(images, preprocessing)`.
+    Both kinds do the run's preprocessing in their graph. A uint8 artifact is
+    given the pixels rounded to integers: exactly the 8-bit pixels for images
+    read by `load_image` at the run's size without a crop. A float artifact
+    is given them as they are.
     """
     if run.input_dtype == np.uint8:
-        return lambda images: np.asarray(run(np.round(np.asarray(images, np.float32) * 255).astype(np.uint8)))
-    return lambda images: np.asarray(run(normalize(images, preprocessing)))
+        return lambda images: np.asarray(run(np.round(np.asarray(images, np.float32)).astype(np.uint8)))
+    return lambda images: np.asarray(run(np.asarray(images, np.float32)))
 
 
 def resolve_artifact(artifact, run=None, logs_dir="logs"):
@@ -434,7 +436,7 @@ def load_artifact_classifier(artifact, config, run_dir=None):
                       f"({preprocessing.pop('crop_fraction')}) itself: each image is given to it whole, "
                       f"resized to {height}x{width}.", stacklevel=2)
     config["preprocessing"] = preprocessing
-    classify = artifact_classifier(loaded, preprocessing)
+    classify = artifact_classifier(loaded)
     try:
         outputs = classify(np.zeros((1, height, width, 3), np.float32))
     except Exception as error:  # noqa: BLE001 - as above

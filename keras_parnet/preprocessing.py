@@ -1,9 +1,10 @@
-"""A run's image preprocessing as one Keras layer, so that a model can take raw pixels.
+"""A run's resize as one Keras layer, so that a deployed model can take pixels of any size.
 
-Training and evaluation read files through `keras_parnet.data`; a deployed
-model gets pixels from its caller. `RunPreprocessing` does in the graph what
-the data pipeline does after decoding: resize as the run did, scale, and for
-converted ImageNet runs normalize with the official mean and std.
+A run's model starts with its scaling (and, for converted ImageNet runs, the
+official mean and std) as layers (`keras_parnet.models.preprocessing_layers`)
+and takes 0-255 pixels at the run's size. Training and evaluation read files
+through `keras_parnet.data`, which resizes with `resize_like_run`;
+`RunPreprocessing` does the same resize in the graph of an exported artifact.
 """
 
 import math
@@ -11,7 +12,7 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_parnet.runs import DEFAULT_PREPROCESSING, image_size_pair
+from keras_parnet.runs import image_size_pair
 
 # How a run's images are resized when no crop is recorded: ImageDataGenerator's
 # default, what train.py trains on (the geometric augmentation interpolates bilinearly).
@@ -40,21 +41,23 @@ def resize_like_run(images, size, crop_fraction=None):
 
 @keras.saving.register_keras_serializable(package="keras_parnet")
 class RunPreprocessing(keras.layers.Layer):
-    """RGB pixels in 0-255 (any numeric dtype, any size) -> the network's input.
+    """RGB pixels in 0-255 (any numeric dtype, any size) -> float32 at the run's size.
 
     Resizes to `image_size` (see `resize_like_run`), multiplies by `rescale`
     and, when given, subtracts `mean` and divides by `std` per channel.
+    `from_run` makes it resize only: the run's model scales and normalizes
+    itself (artifacts exported before that carry the scaling here).
 
     Args:
         image_size: the run's `(height, width)`.
-        rescale: pixel scale (`1/255`: [0, 1] inputs, what train.py uses).
+        rescale: pixel scale (`1`: what a run's model takes).
         mean, std: per-channel normalization after scaling, or `None`.
         crop_fraction: the run's center-crop fraction, or `None`.
 
     Input shape: `(batch, H, W, 3)`. Output shape: `(batch, *image_size, 3)` float32.
     """
 
-    def __init__(self, image_size, rescale=1 / 255, mean=None, std=None, crop_fraction=None, **kwargs):
+    def __init__(self, image_size, rescale=1.0, mean=None, std=None, crop_fraction=None, **kwargs):
         super().__init__(**kwargs)
         self.image_size = image_size_pair(image_size)
         self.rescale = float(rescale)
@@ -64,16 +67,10 @@ class RunPreprocessing(keras.layers.Layer):
 
     @classmethod
     def from_run(cls, config, **kwargs):
-        """The preprocessing a run config (`run.json`) records."""
-        preprocessing = {**DEFAULT_PREPROCESSING, **config.get("preprocessing", {})}
-        return cls(
-            config["image_size"],
-            rescale=preprocessing["rescale"],
-            mean=preprocessing.get("mean"),
-            std=preprocessing.get("std"),
-            crop_fraction=preprocessing.get("crop_fraction"),
-            **kwargs,
-        )
+        """The resize (and crop) a run config (`run.json`) records, in front of
+        the run's model, which does the rest of its preprocessing."""
+        crop_fraction = config.get("preprocessing", {}).get("crop_fraction")
+        return cls(config["image_size"], crop_fraction=crop_fraction, **kwargs)
 
     def call(self, images):
         images = tf.cast(images, tf.float32) * self.rescale
@@ -102,8 +99,9 @@ class RunPreprocessing(keras.layers.Layer):
 
 
 def with_preprocessing(model, config, name=None):
-    """`model` behind the run's preprocessing: a model that takes uint8 RGB
-    images `(batch, H, W, 3)` at the run's size and returns what `model` does."""
+    """The run's `model` (its preprocessing layers included) behind the run's
+    resize: a model that takes uint8 RGB images `(batch, H, W, 3)` at the
+    run's size and returns what `model` does."""
     inputs = keras.Input((*image_size_pair(config["image_size"]), 3), dtype="uint8", name="image")
     outputs = model(RunPreprocessing.from_run(config, name="preprocessing")(inputs))
     return keras.Model(inputs, outputs, name=name or f"{model.name}_with_preprocessing")

@@ -181,12 +181,13 @@ def resolve_run(path=None, logs_dir="logs"):
     return run_dir, run_dir / BEST_WEIGHTS
 
 
-def build_model(config, include_preprocessing=False, **overrides):
+def build_model(config, include_preprocessing=True, **overrides):
     """Rebuilds the (random-weight) model a run config describes.
 
-    With `include_preprocessing`, the model starts with the run's
-    preprocessing layers (see `preprocessing_arguments`) and takes 0-255 RGB
-    pixels at the run's size; without, it takes what they would output.
+    With `include_preprocessing` (the default), the model starts with the
+    run's preprocessing layers (see `preprocessing_arguments`) and takes 0-255
+    RGB pixels at the run's size, what `keras_parnet.data` yields; without,
+    it is the bare network, taking what those layers output.
     Weights saved with or without these layers load either way (they hold none).
     """
     from keras_parnet.models import BUILDERS, ParNet
@@ -207,7 +208,7 @@ def build_model(config, include_preprocessing=False, **overrides):
     return builders[config["model"]](**kwargs)
 
 
-def load_run(path=None, weights=None, logs_dir="logs", include_preprocessing=False):
+def load_run(path=None, weights=None, logs_dir="logs", include_preprocessing=True):
     """Rebuilds a trained model from its run folder.
 
     Args:

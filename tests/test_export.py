@@ -54,7 +54,7 @@ def test_artifact_takes_uint8_images_and_matches_the_trained_model(trained_run, 
 
     images = uint8_images(3, seed=7)  # not the batch the CLI checked
     # At the run's size the run's nearest-neighbour resize keeps every pixel.
-    expected = reference_outputs(model, images.astype("float32") / 255)
+    expected = reference_outputs(model, images.astype("float32"))
     actual = export.load_artifact(out, format)(images)
     assert actual.shape == (3, len(CLASSES))
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
@@ -67,7 +67,7 @@ def test_float_input_is_the_network_input_and_onnx_carries_the_class_names(train
     run_dir, model = trained_run
     out = tmp_path / "best_fused.onnx"
     assert export_cli.main(["--run", str(run_dir), "--format", "onnx", "--input", "float", "--out", str(tmp_path)]) == 0
-    batch = uint8_images(2, seed=3).astype("float32") / 255 * 0.5 + 0.1  # not pixels a uint8 input could hold
+    batch = uint8_images(2, seed=3).astype("float32") * 0.5 + 25.25  # not pixels a uint8 input could hold
     np.testing.assert_allclose(export.load_artifact(out, "onnx")(batch), reference_outputs(model, batch),
                                rtol=0, atol=1e-4)
     metadata = {entry.key: entry.value for entry in onnx.load(out).metadata_props}
@@ -88,16 +88,17 @@ def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_enco
     run_dir = tmp_path / "converted"
     config = runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, (48, 40), CLASSES,
                             preprocessing=CONVERTED_PREPROCESSING)
-    model = randomize_batch_norm(runs.build_model(config))
-    model.save_weights(run_dir / runs.BEST_WEIGHTS)
+    bare = randomize_batch_norm(runs.build_model(config, include_preprocessing=False))
+    bare.save_weights(run_dir / runs.BEST_WEIGHTS)
     out = tmp_path / "model_savedmodel"
     assert export_cli.main(["--run", str(run_dir), "--format", "savedmodel", "--out", str(out)]) == 0
 
     def expected(files):
-        # Independent of the artifact: the data pipeline's decode and crop, then numpy normalization.
+        # Independent of the artifact: the data pipeline's decode and crop, numpy
+        # scaling and normalization, then the network without its preprocessing layers.
         images = np.stack([load_image(file, (48, 40), 0.875) for file in files])
         mean, std = np.array(CONVERTED_PREPROCESSING["mean"]), np.array(CONVERTED_PREPROCESSING["std"])
-        return reference_outputs(model, ((images - mean) / std).astype("float32"))
+        return reference_outputs(bare, ((images / 255 - mean) / std).astype("float32"))
 
     at_run_size = uint8_images(2, seed=5, size=(48, 40))
     other_sizes = [uint8_images(1, seed=6, size=(70, 90))[0], uint8_images(1, seed=8, size=(33, 61))[0]]
@@ -126,7 +127,7 @@ def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
     # Weights are most of the file; the graph and its constants stay.
     assert 0.45 < out.stat().st_size / float32.stat().st_size < 0.65
     images = uint8_images(4, seed=9)
-    expected = reference_outputs(model, images.astype("float32") / 255)
+    expected = reference_outputs(model, images.astype("float32"))
     np.testing.assert_allclose(export.load_artifact(out, "tflite")(images), expected, rtol=0, atol=1e-3)
 
 
@@ -215,7 +216,7 @@ def test_mismatching_artifact_fails_loudly(trained_run, tmp_path, monkeypatch, c
 
     def load_shifted(path, format):  # an artifact whose outputs are off by 1e-3
         _, model = trained_run
-        return lambda images: reference_outputs(model, images.astype("float32") / 255) + 1e-3
+        return lambda images: reference_outputs(model, images.astype("float32")) + 1e-3
 
     monkeypatch.setattr(export, "export_model", export_nothing)
     monkeypatch.setattr(export, "load_artifact", load_shifted)

@@ -35,33 +35,28 @@ Convolution kernels go from PyTorch's `(out, in / groups, kh, kw)` to Keras'
 Official preprocessing (timm `_cfg_224`): resize the shorter side to
 224 / 0.875 = 256 px (bilinear), centre-crop 224, scale to [0, 1], subtract the
 ImageNet mean and divide by its std (`OFFICIAL_PREPROCESSING`, written to
-`run.json` by `--run-dir`).
+the run folder's `run.json` by `write_run`).
 
-Usage:
-    python -m keras_parnet.convert planes_92_192_384_1280_num_blocks_5_6_6_1_sebv_13.pth.tar \\
-        --model s --out parnet_s_imagenet.weights.h5
-    model = convert.build_official("s", weights="parnet_s_imagenet.weights.h5")
+Usage (the command line is `parnet-convert`, `keras_parnet.cli.convert`):
+    parnet-convert planes_92_192_384_1280_num_blocks_5_6_6_1_sebv_13.pth.tar \\
+        --model s --out logs/parnet_s_imagenet
+    model, config = keras_parnet.load_run("logs/parnet_s_imagenet")
 
 Needs torch: `pip install keras-parnet[convert]`.
 """
 
-import argparse
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from keras_parnet._cli import run_tool, write_atomically
-from keras_parnet.models import STREAM_DEPTHS, ParNet
+from keras_parnet.files import write_atomically
+from keras_parnet.models import MODEL_CONFIGS, STREAM_DEPTHS, ParNet
 
-OFFICIAL_CONFIGS = {
-    "s": {"widths": (92, 192, 384, 1280), "dropout": 0.0},
-    "m": {"widths": (128, 256, 512, 2048), "dropout": 0.0},
-    "l": {"widths": (160, 320, 640, 2560), "dropout": 0.1},
-    "xl": {"widths": (200, 400, 800, 3200), "dropout": 0.1},
-}
+# The `parnet_*` builders' table, keyed by `--model`, but for ParNet-S's released widths.
+OFFICIAL_CONFIGS = {name[len("parnet_"):]: dict(config) for name, config in MODEL_CONFIGS.items()}
+OFFICIAL_CONFIGS["s"]["widths"] = (92, 192, 384, 1280)
 OFFICIAL_ACTIVATION = "relu"
 OFFICIAL_IMAGE_SIZE = 224
 OFFICIAL_PREPROCESSING = {
@@ -338,6 +333,8 @@ def read_checkpoint(path, use_ema=False):
                               f"file): {CHECKPOINT_HINT}.")
     try:
         # timm training checkpoints also pickle their argparse options.
+        import argparse
+
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unreadable files
@@ -416,122 +413,33 @@ def convert_checkpoint(checkpoint_path, model_name, widths=None,
     return load_state_dict(model, state_dict)
 
 
-def read_class_names(path, classes):
-    """Class names from a file, one per line; `class_0`, ... without a file."""
-    if path is None:
-        return [f"class_{index}" for index in range(classes)]
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if len(names) != classes:
-        raise ConversionError(
-            f"{path} lists {len(names)} class names but the model has {classes} classes: "
-            "give one name per line in label order."
-        )
-    return names
+def write_run(run_dir, model, model_name, widths, activation, image_size, class_names, checkpoint_path):
+    """Writes a run folder for a converted `model`: `run_dir/best.weights.h5`
+    and `run_dir/run.json` with the official preprocessing, so that
+    `keras_parnet.runs.load_run` (and predict, evaluate, export) use it.
 
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_parnet.convert",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("checkpoint",
-                        help="official PyTorch checkpoint (.pth/.pth.tar): a state_dict or a "
-                             "training checkpoint holding one")
-    parser.add_argument("--model", required=True, choices=list(OFFICIAL_CONFIGS),
-                        help="released configuration, giving widths and dropout (table above)")
-    parser.add_argument("--out", metavar="FILE.weights.h5",
-                        help="Keras weights file to write")
-    parser.add_argument("--widths", nargs=4, type=_positive_int,
-                        metavar=("W0", "W1", "W2", "W3"),
-                        help="widths replacing the preset's (the yaml 'planes')")
-    parser.add_argument("--activation", choices=("relu", "silu"), default=OFFICIAL_ACTIVATION,
-                        help="block activation (default: relu, what the released checkpoints "
-                             "were trained with: their yaml nests 'swish' in a list, so the "
-                             "official code built ReLU; silu for checkpoints trained with "
-                             "'additional_branches: [swish]')")
-    parser.add_argument("--classes", type=_positive_int, default=1000,
-                        help="classifier outputs of the checkpoint (default: 1000)")
-    parser.add_argument("--ema", action="store_true",
-                        help="use the EMA weights (state_dict_ema) of a timm training "
-                             "checkpoint instead of state_dict")
-    parser.add_argument("--run-dir", metavar="DIR",
-                        help="also write a run folder for predict.py/evaluate.py: "
-                             "DIR/best.weights.h5 and DIR/run.json with the official "
-                             "preprocessing")
-    parser.add_argument("--class-names", metavar="FILE",
-                        help="class names for --run-dir, one per line in label order "
-                             "(default: class_0, class_1, ...)")
-    parser.add_argument("--image-size", type=_positive_int, default=OFFICIAL_IMAGE_SIZE,
-                        help="input size recorded in run.json (default: 224, the official "
-                             "evaluation crop; 352 for the 352 px ParNet-XL fine-tune)")
-    return parser
-
-
-def _write_run(args, model, widths, class_names):
+    Returns:
+        `run_dir` as a `Path`.
+    """
     from keras_parnet import runs
+    from keras_parnet.files import output_dir
 
-    run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = output_dir(run_dir, "the run folder")
     write_atomically(run_dir / runs.BEST_WEIGHTS, model.save_weights)
     runs.write_run(
         run_dir,
         "ParNet",
-        {
-            "widths": list(widths),
-            "dropout": official_config(args.model)["dropout"],
-            "activation": args.activation,
-        },
-        args.image_size,
+        {"widths": list(widths), "dropout": official_config(model_name)["dropout"], "activation": activation},
+        image_size,
         class_names,
         preprocessing=OFFICIAL_PREPROCESSING,
-        converted_from=str(args.checkpoint),
+        converted_from=str(checkpoint_path),
     )
-
-
-def _convert(args, widths):
-    """Converts and writes what the flags ask for (`main`'s body)."""
-    if args.run_dir is not None:  # read before the slow conversion
-        class_names = read_class_names(args.class_names, args.classes)
-    model = convert_checkpoint(
-        args.checkpoint, args.model, widths, args.activation, args.classes, args.ema
-    )
-    if args.out is not None:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(args.out, model.save_weights)
-        print(f"wrote {args.out}")
-    if args.run_dir is not None:
-        _write_run(args, model, widths, class_names)
-        print(f"wrote run folder {args.run_dir}")
-    options = [repr(args.model)]
-    if args.widths:
-        options.append(f"widths={widths}")
-    if args.activation != OFFICIAL_ACTIVATION:
-        options.append(f"activation={args.activation!r}")
-    if args.classes != 1000:
-        options.append(f"classes={args.classes}")
-    print(f"load with keras_parnet.convert.build_official({', '.join(options)}, weights=...)")
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.out is None and args.run_dir is None:
-        parser.error("nothing to write: pass --out FILE.weights.h5, --run-dir DIR or both")
-    if args.out is not None and not args.out.endswith(".weights.h5"):
-        parser.error(f"--out {args.out}: Keras weights files must end in .weights.h5")
-    if args.class_names is not None and args.run_dir is None:
-        parser.error("--class-names is recorded in a run folder: add --run-dir DIR")
-    widths = tuple(args.widths or OFFICIAL_CONFIGS[args.model]["widths"])
-    return run_tool(lambda: _convert(args, widths), (ConversionError, ImportError))
+    return run_dir
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_parnet.cli import _common, convert
+
+    _common.warn_deprecated("python -m keras_parnet.convert", "parnet-convert")
+    raise SystemExit(convert.main())

@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_WIDTHS
 
 from keras_parnet import ParNet, convert, runs
+from keras_parnet.cli import convert as convert_cli
 
 CLASSES = 3
 TOLERANCE = 1e-4
@@ -132,12 +133,11 @@ def test_cli_writes_weights_and_run_folder(torch_parnet, tiny_checkpoint, tmp_pa
     reference = make_reference(torch_parnet, "relu")
     names = tmp_path / "names.txt"
     names.write_text("tench\ngoldfish\n\ngreat white shark\n")
-    out = tmp_path / "weights" / "tiny.weights.h5"
     run_dir = tmp_path / "run"
+    out = run_dir / runs.BEST_WEIGHTS
     argv = [str(tiny_checkpoint), "--model", "s", "--widths", *map(str, TINY_WIDTHS),
-            "--classes", str(CLASSES), "--out", str(out), "--run-dir", str(run_dir),
-            "--class-names", str(names)]
-    assert convert.main(argv) == 0
+            "--classes", str(CLASSES), "--out", str(run_dir), "--class-names", str(names)]
+    assert convert_cli.main(argv) == 0
 
     config = json.loads((run_dir / "run.json").read_text())
     assert config["preprocessing"] == OFFICIAL_PREPROCESSING
@@ -165,17 +165,16 @@ def test_cli_writes_weights_and_run_folder(torch_parnet, tiny_checkpoint, tmp_pa
         (["--model", "s", "--widths", *map(str, TINY_WIDTHS)],
          r"3 classes, not 1000: .*\(--classes 3\)"),
         (["--model", "s", "--widths", *map(str, TINY_WIDTHS), "--classes", "3",
-          "--run-dir", "{tmp}/run", "--class-names", "{tmp}/two_names.txt"],
+          "--class-names", "{tmp}/two_names.txt"],
          r"lists 2 class names but the model has 3 classes"),
     ],
     ids=["wrong-model", "wrong-classes", "wrong-class-names"],
 )
 def test_cli_errors_name_the_fix(tiny_checkpoint, tmp_path, capsys, extra_argv, message):
     (tmp_path / "two_names.txt").write_text("cat\ndog\n")
-    out = tmp_path / "out.weights.h5"
-    argv = [str(tiny_checkpoint), "--out", str(out)]
+    argv = [str(tiny_checkpoint), "--out", str(tmp_path / "run")]
     argv += [arg.format(tmp=tmp_path) for arg in extra_argv]
-    assert convert.main(argv) == 2
+    assert convert_cli.main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
     assert not list(tmp_path.glob("**/*.h5"))
@@ -257,8 +256,8 @@ def test_not_a_checkpoint_is_one_line_naming_the_file(torch_parnet, tmp_path, ca
         path.write_text("planes: [92, 192, 384, 1280]\n")
     elif kind == "folder":
         path.mkdir()
-    out = tmp_path / "out.weights.h5"
-    assert convert.main([str(path), "--model", "s", "--out", str(out)]) == 2
+    out = tmp_path / "run"
+    assert convert_cli.main([str(path), "--model", "s", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
     error = captured.err.strip().splitlines()
@@ -269,13 +268,13 @@ def test_not_a_checkpoint_is_one_line_naming_the_file(torch_parnet, tmp_path, ca
 
 
 def test_read_only_out_is_one_line(tiny_checkpoint, read_only_dir, capsys):
-    out = read_only_dir / "tiny.weights.h5"
+    out = read_only_dir / "run"
     argv = [str(tiny_checkpoint), "--model", "s", "--widths", *map(str, TINY_WIDTHS),
             "--classes", str(CLASSES), "--out", str(out)]
-    assert convert.main(argv) == 2
+    assert convert_cli.main(argv) == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
-    assert captured.err.startswith("error: cannot write ") and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: the run folder {out}: ") and captured.err.count("\n") == 1
     assert "read-only file system; choose a writable folder" in captured.err
 
 
@@ -285,5 +284,5 @@ def test_missing_torch_gets_install_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install keras-parnet\[convert\]"):
         convert.read_checkpoint(path)
-    assert convert.main([str(path), "--model", "s", "--out", str(tmp_path / "x.weights.h5")]) == 2
+    assert convert_cli.main([str(path), "--model", "s", "--out", str(tmp_path / "run")]) == 2
     assert "error: converting PyTorch checkpoints needs torch" in capsys.readouterr().err

@@ -120,15 +120,19 @@ def add_out_argument(parser_or_group, help=OUT_HELP):
     return parser_or_group.add_argument("--out", metavar="DIR", help=help)
 
 
-def add_architecture_arguments(parser_or_group, default_text):
-    """`--model`, `--widths`, `--small-input`; each is `None` when not given, so
-    that a run's or a preset's value can apply. `default_text` says what applies
-    then (e.g. "s", "the run's")."""
-    parser_or_group.add_argument("--model", choices=MODEL_SIZES, help=f"ParNet size (default {default_text})")
+def add_architecture_arguments(parser_or_group, default_text, small_input=True, model_required=False):
+    """`--model`, `--widths` and (with `small_input`) `--small-input`; each is
+    `None` when not given, so that a run's or a preset's value can apply.
+    `default_text` says what applies then (e.g. "s", "the run's"), or with
+    `model_required` what `--model` chooses."""
+    parser_or_group.add_argument(
+        "--model", choices=MODEL_SIZES, required=model_required,
+        help=f"ParNet size, required: {default_text}" if model_required else f"ParNet size (default {default_text})")
     parser_or_group.add_argument("--widths", type=positive_int, nargs=4, metavar=("W0", "W1", "W2", "W3"),
                                  help="stream widths instead of the size's")
-    parser_or_group.add_argument("--small-input", action="store_true", default=None,
-                                 help="CIFAR-style stem without stride, for inputs around 32 px")
+    if small_input:
+        parser_or_group.add_argument("--small-input", action="store_true", default=None,
+                                     help="CIFAR-style stem without stride, for inputs around 32 px")
 
 
 def add_image_size_argument(parser_or_group, help="square input size, pixels"):

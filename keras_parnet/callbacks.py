@@ -38,7 +38,7 @@ EPOCH_WEIGHTS = "ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.weights.h5"
 HISTORY_FILE = "history.csv"
 BACKUP_DIR = "backup"
 BACKUP_WEIGHTS = "epoch{epoch:03d}.weights.h5"
-PARTIAL_PREFIX = ".partial-"  # _cli.write_atomically's temporary names
+PARTIAL_PREFIX = ".partial-"  # files.write_atomically's temporary names
 _EPOCH_WEIGHTS_NAME = re.compile(r"ep(\d+)-.*\.weights\.h5")
 _BACKUP_WEIGHTS_NAME = re.compile(r"epoch(\d+)\.weights\.h5")
 # Keras' own BackupAndRestore layout, read so that runs it backed up still resume.

@@ -32,6 +32,16 @@ def randomize_batch_norm(model, seed=0):
     return model
 
 
+def infer(model, inputs):
+    """The model's inference output for `inputs` (an array or a list of
+    arrays, cast to float32) as numpy, by an eager call: `predict` traces a
+    graph per model and input shape, which costs more than a few batches."""
+    import keras
+
+    inputs = keras.tree.map_structure(lambda array: np.asarray(array, "float32"), inputs)
+    return keras.ops.convert_to_numpy(model(inputs, training=False))
+
+
 @pytest.fixture
 def tiny_model():
     from keras_parnet import ParNet

@@ -4,7 +4,7 @@ PyTorch code (NCHW thinking, explicit padding), independent of keras_parnet."""
 import keras
 import numpy as np
 import pytest
-from conftest import randomize_batch_norm
+from conftest import infer, randomize_batch_norm
 
 from keras_parnet import ChannelShuffle, InterleaveChannels, fusion_block, parnet_block
 
@@ -98,7 +98,7 @@ def test_parnet_block_matches_numpy(height, width):
     model = block_model(lambda x: parnet_block(x, name="b"), [(height, width, 6)], seed=1)
     x = np.random.default_rng(2).normal(size=(1, height, width, 6))
     expected = np_parnet_block(model, "b", x[0])
-    actual = keras.ops.convert_to_numpy(model(x.astype("float32"), training=False))[0]
+    actual = infer(model, x)[0]
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
@@ -113,7 +113,7 @@ def test_fusion_block_matches_numpy(height, width, strides):
     rng = np.random.default_rng(4)
     x1, x2 = rng.normal(size=(2, 1, height, width, 4))
     expected = np_fusion_block(model, "f", x1[0], x2[0], filters, strides)
-    actual = keras.ops.convert_to_numpy(model([x1.astype("float32"), x2.astype("float32")], training=False))[0]
+    actual = infer(model, [x1, x2])[0]
     assert actual.shape == expected.shape == (-(-height // strides), -(-width // strides), filters)
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 

@@ -3,7 +3,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS
+from conftest import TINY_WIDTHS, infer
 
 from keras_parnet import ParNet, parnet_s
 
@@ -12,11 +12,6 @@ SIZES = [(32, 32), (64, 64), (96, 96), (128, 128), (224, 224), (256, 256), (200,
 
 def trainable_params(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-
-
-def forward(model, images):
-    """An eager inference call: no graph to trace per model and input shape, as `predict` has."""
-    return keras.ops.convert_to_numpy(model(np.asarray(images, "float32"), training=False))
 
 
 @pytest.mark.parametrize(
@@ -40,7 +35,7 @@ def test_trainable_parameters_match_official(named_model, size, expected):
 def test_named_builders_run_at_any_size(named_model, size):
     model = named_model(size)
     for image_size in (32, 64):
-        probabilities = forward(model, np.random.rand(1, image_size, image_size, 3))
+        probabilities = infer(model, np.random.rand(1, image_size, image_size, 3))
         assert probabilities.shape == (1, 1000)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -57,14 +52,14 @@ def test_forward_pass_at_every_size(height, width, small_input):
     stride = 8 if small_input else 32
     expected = (math.ceil(height / stride), math.ceil(width / stride), TINY_WIDTHS[3])
     assert model.output_shape[1:] == expected
-    features = forward(model, np.random.rand(2, height, width, 3))
+    features = infer(model, np.random.rand(2, height, width, 3))
     assert features.shape == (2, *expected)
     assert np.isfinite(features).all()
 
 
 def test_dynamic_input_model_accepts_several_sizes(tiny_model):
     for height, width in SIZES:
-        assert forward(tiny_model, np.random.rand(1, height, width, 3)).shape == (1, 3)
+        assert infer(tiny_model, np.random.rand(1, height, width, 3)).shape == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -74,18 +69,18 @@ def test_dynamic_input_model_accepts_several_sizes(tiny_model):
 def test_headless_output_shapes(pooling, shape):
     model = ParNet(TINY_WIDTHS, include_top=False, pooling=pooling, input_shape=(96, 128, 3))
     assert model.output_shape == shape
-    assert forward(model, np.random.rand(1, 96, 128, 3)).shape == (1, *shape[1:])
+    assert infer(model, np.random.rand(1, 96, 128, 3)).shape == (1, *shape[1:])
 
 
 def test_max_and_avg_pooling_differ_as_numpy_says():
     inputs = np.random.rand(2, 64, 96, 3).astype("float32")
     features = ParNet(TINY_WIDTHS, include_top=False, input_shape=(64, 96, 3))
-    feature_map = forward(features, inputs)
+    feature_map = infer(features, inputs)
     for pooling, reduce in (("avg", np.mean), ("max", np.max)):
         pooled = ParNet(TINY_WIDTHS, include_top=False, pooling=pooling, input_shape=(64, 96, 3))
         pooled.set_weights(features.get_weights())
         np.testing.assert_allclose(
-            forward(pooled, inputs), reduce(feature_map, axis=(1, 2)), atol=1e-5
+            infer(pooled, inputs), reduce(feature_map, axis=(1, 2)), atol=1e-5
         )
 
 
@@ -120,7 +115,7 @@ def test_input_tensor_is_used():
 
 def test_classifier_activation_none_gives_logits():
     model = ParNet(TINY_WIDTHS, classes=5, classifier_activation=None, input_shape=(32, 32, 3))
-    logits = forward(model, np.random.rand(4, 32, 32, 3))
+    logits = infer(model, np.random.rand(4, 32, 32, 3))
     assert not np.allclose(logits.sum(axis=1), 1.0)
 
 

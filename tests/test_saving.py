@@ -2,7 +2,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, randomize_batch_norm
+from conftest import TINY_WIDTHS, infer, randomize_batch_norm
 
 from keras_parnet import ParNet, compat
 
@@ -21,7 +21,7 @@ def test_keras_format_reloads_without_custom_objects(tiny_model, inputs, tmp_pat
     path = tmp_path / "model.keras"
     tiny_model.save(path)
     reloaded = keras.saving.load_model(path)
-    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
     assert diff.max() < 1e-6
 
 
@@ -29,7 +29,7 @@ def test_weights_h5_roundtrip_through_builder(tiny_model, inputs, tmp_path):
     path = tmp_path / "tiny.weights.h5"
     tiny_model.save_weights(path)
     reloaded = fresh_tiny(weights=str(path))
-    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
     assert diff.max() < 1e-6
 
 
@@ -38,7 +38,7 @@ def test_legacy_h5_weights_roundtrip(tiny_model, inputs, tmp_path):
     with h5py.File(path, "w") as f:  # the Keras 2 `save_weights("x.h5")` layout
         compat.save_legacy_h5_weights(tiny_model, f)
     reloaded = fresh_tiny(weights=str(path))
-    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
     assert diff.max() < 1e-6
 
 
@@ -46,7 +46,7 @@ def test_legacy_full_model_h5_roundtrip(tiny_model, inputs, tmp_path):
     path = tmp_path / "legacy_model.h5"
     tiny_model.save(path)
     reloaded = keras.saving.load_model(path)
-    diff = np.abs(reloaded.predict(inputs, verbose=0) - tiny_model.predict(inputs, verbose=0))
+    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
     assert diff.max() < 1e-6
 
 

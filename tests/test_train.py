@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, infer, interrupt_after, write_dark_bright_dataset
 from PIL import Image
 
 from keras_parnet import callbacks, runs
@@ -84,7 +84,7 @@ def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, mo
     last = sorted(run_dir.glob("ep004-*.weights.h5"))[0]
     reloaded, _ = runs.load_run(run_dir, weights=last)
     images = np.random.default_rng(2).random((3, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(infer(reloaded, images), infer(model, images), atol=1e-6)
 
 
 def test_finished_run_cannot_be_resumed_over(tmp_path, capsys):

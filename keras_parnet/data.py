@@ -21,6 +21,10 @@ BMP and files whose content is another format Pillow reads go through Pillow.
 Every file is decoded once when a split is scanned (before training), so
 unreadable files, also those damaged inside behind a sound header and end, are
 named in one warning and left out; a class left without images stops the scan.
+
+The roles of a dataset folder (`dataset_splits`): train/ trains; val/, or
+when there is none a stratified, seeded fraction of train/ (`split_train_val`),
+selects the checkpoint; test/ is left for evaluation.
 """
 
 import concurrent.futures
@@ -44,6 +48,8 @@ FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 
 # Decoder indices that the scan finds for each file.
 JPEG, PNG, BMP, PILLOW = range(4)
+# The optional validation folder beside train/ and test/.
+VAL_SPLIT = "val"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -309,8 +315,9 @@ def _check_images(paths):
     return results
 
 
-def _scan(split_dir, class_names=None):
-    """`scan_split` plus the decoder of each file (see `check_image`)."""
+def _scan(split_dir, class_names=None, files=None):
+    """`scan_split` plus the decoder of each file (see `check_image`); with
+    `files`, only those image paths below `split_dir` (in scan order)."""
     split_dir = os.fspath(split_dir)
     if class_names is None:
         class_names = find_classes(split_dir)
@@ -322,6 +329,9 @@ def _scan(split_dir, class_names=None):
             raise DatasetError(f"{split_dir} has no folder for the classes {', '.join(missing)}: "
                                f"train and test need the same class folders.")
     per_class = [list_images(os.path.join(split_dir, name)) for name in class_names]
+    if files is not None:
+        wanted = {os.fspath(path) for path in files}
+        per_class = [[path for path in paths if path in wanted] for paths in per_class]
     results = _check_images([path for files in per_class for path in files])
     skipped = [error for error in results.values() if isinstance(error, ImageError)]
     if skipped:
@@ -366,10 +376,11 @@ def scan_split(split_dir, class_names=None):
 
 
 def check_dataset(dataset_dir):
-    """Checks `dataset_dir/train` and `dataset_dir/test` before training.
+    """Checks `dataset_dir/train`, `dataset_dir/test` and, when it exists,
+    `dataset_dir/val` before training.
 
     Returns:
-        The class names (shared by both splits) in label order.
+        The class names (shared by every split) in label order.
 
     Raises:
         DatasetError: a missing folder, a split without class folders or
@@ -384,14 +395,118 @@ def check_dataset(dataset_dir):
     if len(train) < 2:
         raise DatasetError(f"{os.path.join(dataset_dir, 'train')}: found 1 class folder ({train[0]}): "
                            f"a classifier needs at least 2; add a folder of images per class.")
-    test = find_classes(os.path.join(dataset_dir, "test"))
-    if train != test:
-        differences = [f"only in {split}: {', '.join(sorted(set(names) - set(other)))}"
-                       for split, names, other in (("train", train, test), ("test", test, train))
-                       if set(names) - set(other)]
-        raise DatasetError(f"{dataset_dir}: train and test have different class folders "
-                           f"({'; '.join(differences)}): give both splits the same classes.")
+    for split in ("test", "val"):
+        if split == "val" and not os.path.isdir(os.path.join(dataset_dir, VAL_SPLIT)):
+            continue
+        other = find_classes(os.path.join(dataset_dir, split))
+        if train != other:
+            differences = [f"only in {name}: {', '.join(sorted(set(names) - set(rest)))}"
+                           for name, names, rest in (("train", train, other), (split, other, train))
+                           if set(names) - set(rest)]
+            raise DatasetError(f"{dataset_dir}: train and {split} have different class folders "
+                               f"({'; '.join(differences)}): give both splits the same classes.")
     return train
+
+
+# --- Train, validation and test roles --------------------------------------------------------
+
+
+def split_train_val(paths, labels, fraction, seed, class_names):
+    """Holds out a stratified, seeded fraction of each class for validation.
+
+    Each class gives `round(fraction * its images)` images to validation,
+    and always at least one to each side; which ones depends only on `seed`,
+    the class and its files.
+
+    Args:
+        paths: image paths (e.g. `list_images` of every class of `train/`).
+        labels: their labels, indices into `class_names`.
+        fraction: the validation share, `0 < fraction < 1`.
+        seed: integer seed of the draw.
+        class_names: names in label order (for the error message).
+
+    Returns:
+        `(train_paths, val_paths)`, each in the order of `paths`.
+
+    Raises:
+        DatasetError: a class with fewer than two images.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}.")
+    labels = np.asarray(labels)
+    held_out = set()
+    for label, name in enumerate(class_names):
+        indices = np.flatnonzero(labels == label)
+        if len(indices) < 2:
+            raise DatasetError(f"class {name} has {len(indices)} training image(s): holding out a validation "
+                               f"split needs at least 2; add images to train/{name}/, add a val/ folder, "
+                               f"or pass --val-split 0 (the test split then selects the checkpoint).")
+        count = min(max(round(fraction * len(indices)), 1), len(indices) - 1)
+        rng = np.random.default_rng([seed, label])
+        held_out.update(rng.permutation(indices)[:count].tolist())
+    train_paths = [path for index, path in enumerate(paths) if index not in held_out]
+    val_paths = [path for index, path in enumerate(paths) if index in held_out]
+    return train_paths, val_paths
+
+
+def _listed(split_dir, class_names):
+    """`(paths, labels)` of every image of a split, without decoding them."""
+    per_class = [list_images(os.path.join(split_dir, name)) for name in class_names]
+    return ([path for paths in per_class for path in paths],
+            [label for label, paths in enumerate(per_class) for _ in paths])
+
+
+def dataset_splits(dataset_dir, class_names, val_split=0.1, seed=0, recorded=None):
+    """The training and validation images of a dataset.
+
+    Validation comes from, in this order: the `recorded` split of a run
+    being resumed, `dataset_dir/val/` when it exists, a `split_train_val`
+    of `train/` when `val_split > 0`, else `test/` (the original recipe:
+    the test split then also selects the checkpoint).
+
+    Args:
+        dataset_dir: folder holding `train/`, `test/` and maybe `val/`.
+        class_names: the classes in label order.
+        val_split: the fraction of `train/` to hold out when there is no `val/`.
+        seed: seed of that draw.
+        recorded: a run's `validation` entry (what this returned as `record`):
+            its validation images stay the validation images. Images added to
+            `train/` since then train; recorded ones that are gone are left out.
+
+    Returns:
+        `(train_paths, val_paths, record)`: image paths below `train/` that
+        train and those (below `train/`, `val/` or `test/`) that validate;
+        `record` is what run.json keeps to reproduce it: `{"folder": "val" |
+        "train" | "test"}` (the folder validation images are in), for
+        "train" with `fraction`, `seed` and `files` (paths relative to
+        `dataset_dir`, "/"-separated).
+
+    Raises:
+        DatasetError: see `split_train_val`.
+    """
+    dataset_dir = os.fspath(dataset_dir)
+    train_paths, train_labels = _listed(os.path.join(dataset_dir, "train"), class_names)
+    if recorded is not None:
+        folder = recorded["folder"]
+    elif os.path.isdir(os.path.join(dataset_dir, VAL_SPLIT)):
+        folder = VAL_SPLIT
+    else:
+        folder = "train" if val_split > 0 else "test"
+    if folder != "train":
+        val_paths, _ = _listed(os.path.join(dataset_dir, folder), class_names)
+        return train_paths, val_paths, {"folder": folder}
+    if recorded is not None:
+        val_paths = [os.path.join(dataset_dir, *relative.split("/")) for relative in recorded["files"]]
+        gone = [path for path in val_paths if not os.path.isfile(path)]
+        if gone:
+            warnings.warn(f"{len(gone)} recorded validation image(s) are gone from {dataset_dir} and left out: "
+                          + ", ".join(gone[:5]) + (", ..." if len(gone) > 5 else ""), stacklevel=2)
+        held_out = set(val_paths)
+        return [path for path in train_paths if path not in held_out], \
+            [path for path in val_paths if path not in gone], recorded
+    train_paths, val_paths = split_train_val(train_paths, train_labels, val_split, seed, class_names)
+    files = [os.path.relpath(path, dataset_dir).replace(os.sep, "/") for path in val_paths]
+    return train_paths, val_paths, {"folder": "train", "fraction": val_split, "seed": seed, "files": files}
 
 
 # --- Decoding: one code path for training, evaluation and prediction ----------------------
@@ -579,7 +694,7 @@ def _augment(images, seed, augmentation):
 
 
 def make_dataset(split_dir, image_size, batch_size, class_names=None, training=False,
-                 augmentation=None, shuffle=None, seed=None, cache=False, crop_fraction=None):
+                 augmentation=None, shuffle=None, seed=None, cache=False, crop_fraction=None, files=None):
     """A `tf.data` pipeline over one split, like `flow_from_directory`.
 
     Args:
@@ -596,6 +711,9 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         cache: keep the decoded, resized images in memory after the first
             epoch (height * width * 12 bytes per image, twice while shuffling).
         crop_fraction: see `load_image`.
+        files: only these image paths below `split_dir` (e.g. one side of
+            `dataset_splits`), default all; labels still come from their
+            class folders.
 
     Returns:
         `(dataset, class_names, count)`: batches of (float32 images
@@ -607,7 +725,7 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-    paths, labels, class_names, decoders = _scan(split_dir, class_names)
+    paths, labels, class_names, decoders = _scan(split_dir, class_names, files)
     size = image_size_pair(image_size)
     count = len(paths)
     if shuffle is None:

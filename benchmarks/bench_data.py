@@ -7,11 +7,14 @@ times, side by side in one run, the images per second of
 (rotation 50, shifts 0.1, shear 10, zoom 0.1, horizontal flip, brightness
 0.7-1.3, fill "nearest") and the same size and batch, and prints the ratio.
 
+Needs the bench extra (scipy, which ImageDataGenerator's transforms use): pip install -e ".[bench]"
+
     python benchmarks/bench_data.py [--images 200] [--size 256] [--batch-size 16]
 """
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -58,6 +61,10 @@ def main(argv=None):
                         "pass (default 2)")
     args = parser.parse_args(argv)
 
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        sys.exit('error: bench_data.py needs scipy for ImageDataGenerator\'s transforms: pip install -e ".[bench]"')
     # Keras 3 keeps the legacy generator only under the tf.keras name.
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 

@@ -16,6 +16,8 @@ int8 TFLite over the fused Keras model (target: at least 2x at batch 1, within
 that fails (float artifacts must match the trained model within 1e-4) is
 reported in its row and the others go on; the exit code is then 1.
 
+The onnx row needs the export extra (tf2onnx, onnxruntime): pip install -e ".[export]"
+
 The Keras models take float inputs and are timed as a traced `tf.function`
 without XLA (as `bench_inference.py`); the artifacts take uint8 RGB images at
 the run's size with the run's preprocessing inside. Every timed call is numpy
@@ -175,6 +177,13 @@ def main(argv=None):
                         help="TFLite interpreter threads (default: all CPU threads)")
     args = parser.parse_args(argv)
     formats = [name for name in FORMATS if name in args.formats]  # table order
+    if "onnx" in formats:
+        try:
+            import onnxruntime  # noqa: F401
+            import tf2onnx  # noqa: F401
+        except ImportError as error:
+            sys.exit(f"error: the onnx row needs the export extra ({error.name} is missing): "
+                     'pip install -e ".[export]", or pass --formats without onnx')
 
     import logging
 

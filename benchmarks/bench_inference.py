@@ -8,6 +8,8 @@ is from the median round. Also prints the trainable parameter counts (the paper
 gives 19.2M for fused ParNet-S) and the time of one training step of the
 trained (unfused) form.
 
+Needs no extra: the package's own requirements.
+
     python benchmarks/bench_inference.py [--model s] [--sizes 224 256] [--batch-sizes 1 16]
 """
 

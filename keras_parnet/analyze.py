@@ -2,12 +2,15 @@
 is `keras_parnet.cli.analyze`, `parnet-analyze --dataset DIR`).
 
     DATASET/train/<class>/*.jpg
+    DATASET/val/<class>/*.jpg      optional
     DATASET/test/<class>/*.jpg
 
-Counts the images per class and split, checks every image as training does
-(`keras_parnet.data.check_image`), reads its size from the file header, and
-warns about class imbalance, duplicate files (the same bytes twice: across
-train and test they leak test images into training), tiny images and
+Counts the images per class and split (train, val when there is a val/
+folder or a run's recorded validation split of train/, test), checks every
+image as training does (`keras_parnet.data.check_image`), reads its size from
+the file header, and warns about class imbalance, duplicate files (the same
+bytes twice: across splits they leak validation or test images into
+training, or test images into checkpoint selection), tiny images and
 unreadable files (damaged, or too large to decode: training skips them). Writes
 `class_counts.png`, `image_sizes.png` and `analysis.json` into the output
 folder.
@@ -25,7 +28,7 @@ import numpy as np
 from keras_parnet.files import output_dir, write_atomically
 from keras_parnet.plots import plot_class_counts, plot_image_sizes, save_figure
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 # ParNet's minimum input size; smaller images are upsampled a lot.
 DEFAULT_MIN_SIZE = 32
 # Largest over smallest class count that still passes without a warning.
@@ -122,13 +125,17 @@ def _duplicate_warnings(duplicates, dataset_dir):
     def same(group):
         return " = ".join(os.path.relpath(path, dataset_dir) for path in group["paths"])
 
-    leaks = [group for group in duplicates if len(group["splits"]) > 1]
+    consequences = {("train", "test"): "test images leak into training and inflate test accuracy",
+                    ("train", "val"): "validation images are trained on and inflate validation accuracy, "
+                                      "which selects the checkpoint",
+                    ("val", "test"): "test images select the checkpoint and inflate test accuracy"}
     messages = []
-    if leaks:
-        pairs = [same(group) for group in leaks]
-        messages.append(f"{len(leaks)} file(s) in both train and test (same content): test images "
-                        f"leak into training and inflate test accuracy; remove one copy of "
-                        f"{_listing(pairs)}")
+    for (first, second), consequence in consequences.items():
+        leaks = [group for group in duplicates if {first, second} <= set(group["splits"])]
+        if leaks:
+            pairs = [same(group) for group in leaks]
+            messages.append(f"{len(leaks)} file(s) in both {first} and {second} (same content): {consequence}; "
+                            f"remove one copy of {_listing(pairs)}")
     for split in SPLITS:
         within = [group for group in duplicates if group["splits"] == [split]]
         if within:
@@ -140,16 +147,20 @@ def _duplicate_warnings(duplicates, dataset_dir):
     return messages
 
 
-def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbalance=DEFAULT_IMBALANCE):
-    """Analyses the `train/` and `test/` splits of a dataset folder.
+def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbalance=DEFAULT_IMBALANCE,
+                    validation=None):
+    """Analyses the `train/`, `val/` (if any) and `test/` splits of a dataset folder.
 
     Args:
-        dataset_dir: folder holding `train/<class>/` and `test/<class>/`.
+        dataset_dir: folder holding `train/<class>/`, `test/<class>/` and
+            maybe `val/<class>/`.
         out_dir: where to write `analysis.json`, `class_counts.png` and
             `image_sizes.png` (created if needed); `None` writes nothing.
         min_size: images with a side below this many pixels are "tiny".
         imbalance: warn when a split's largest class has more than this
             many times the images of its smallest.
+        validation: a run's `validation` record (`keras_parnet.data.dataset_splits`):
+            when it holds out files of `train/`, those count as the "val" split.
 
     Returns:
         A JSON-serialisable dict: `dataset`, `classes` (all class names),
@@ -166,7 +177,8 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
     from keras_parnet import data
 
     dataset_dir = Path(dataset_dir)
-    split_classes = {split: data.find_classes(dataset_dir / split) for split in SPLITS}
+    folders = [split for split in SPLITS if split != data.VAL_SPLIT or (dataset_dir / split).is_dir()]
+    split_classes = {split: data.find_classes(dataset_dir / split) for split in folders}
     if out_dir is not None:
         out_dir = output_dir(out_dir, "--out")
     messages = []
@@ -177,8 +189,13 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
     files = [(split, name, path) for split, names in split_classes.items() for name in names
              for path in data.list_images(dataset_dir / split / name)]
     records = _map_in_threads(_read_header, [path for _, _, path in files])
-    for (split, name, _), record in zip(files, records):
-        record["split"], record["class"] = split, name
+    held_out = set()
+    if validation and validation["folder"] == "train":
+        held_out = {os.path.join(dataset_dir, *relative.split("/")) for relative in validation["files"]}
+        split_classes[data.VAL_SPLIT] = split_classes["train"]
+        split_classes = {split: split_classes[split] for split in SPLITS if split in split_classes}
+    for (split, name, path), record in zip(files, records):
+        record["split"], record["class"] = (data.VAL_SPLIT if path in held_out else split), name
     readable = [record for record in records if record["error"] is None]
 
     classes = sorted(set().union(*split_classes.values()))
@@ -186,7 +203,7 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
     for record in readable:
         counts[record["split"]][record["class"]] += 1
     sizes = {split: np.array([(r["width"], r["height"]) for r in readable if r["split"] == split],
-                             dtype=float).reshape(-1, 2) for split in SPLITS}
+                             dtype=float).reshape(-1, 2) for split in split_classes}
     unreadable = [{"path": r["path"], "error": r["error"]} for r in records if r["error"] is not None]
     tiny = [{"path": r["path"], "width": r["width"], "height": r["height"]}
             for r in readable if min(r["width"], r["height"]) < min_size]

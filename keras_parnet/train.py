@@ -2,7 +2,8 @@
 `parnet-train`, `keras_parnet.cli.train`):
 
     dataset/<name>/train/<class>/*.jpg
-    dataset/<name>/test/<class>/*.jpg
+    dataset/<name>/val/<class>/*.jpg     optional, else a seeded fraction of train/
+    dataset/<name>/test/<class>/*.jpg    left for evaluation
 
 Each run writes `logs/<run-name>/` (see `keras_parnet.runs`). Several GPUs or
 machines train one model with a `tf.distribute` strategy (see
@@ -34,6 +35,7 @@ DEFAULTS = {
     "patience": 15,
     "dropout": None,
     "mixed_precision": False,
+    "val_split": 0.1,
 }
 # The embedded demo trains in a few minutes on a CPU.
 DEMO_SETTINGS = {
@@ -44,6 +46,8 @@ DEMO_SETTINGS = {
 }
 MIN_IMAGE_SIZE = 32  # ParNet's five stride-2 stages
 MAX_IMAGE_SIZE = 2048  # one 2048 px image already takes gigabytes of activations in training
+# The seed of the --val-split draw when no --seed is given.
+DEFAULT_SPLIT_SEED = 0
 # Settings that fix the network's shape: a resumed run keeps its own.
 ARCHITECTURE_SETTINGS = ("model", "widths", "image_size", "small_input")
 
@@ -87,20 +91,24 @@ def enable_gpu_memory_growth():
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy, seed=None, cache=False):
-    """`(train, test)` datasets in global batches of `strategy`, set up to be
-    split across its replicas."""
+def distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy, seed=None, cache=False,
+                         splits=None):
+    """`(train, validation)` datasets in global batches of `strategy`, set up
+    to be split across its replicas, over the `(train paths, validation paths,
+    record)` of `data.dataset_splits`."""
     from keras_parnet import data, distribute
 
+    train_files, val_files, record = splits
     replicas = strategy.num_replicas_in_sync
     global_batch = settings["batch_size"] * replicas
     train_data, _, train_count = data.make_dataset(
         dataset_dir / "train", settings["image_size"], global_batch, class_names, training=True,
-        augmentation=augmentation, seed=distribute.shared_seed(strategy, seed), cache=cache)
-    test_data, _, test_count = data.make_dataset(
-        dataset_dir / "test", settings["image_size"], global_batch, class_names, cache=cache)
-    logger.info("%d training and %d test images in %d classes: %s",
-                train_count, test_count, len(class_names), ", ".join(class_names))
+        augmentation=augmentation, seed=distribute.shared_seed(strategy, seed), cache=cache, files=train_files)
+    test_data, _, val_count = data.make_dataset(
+        dataset_dir / record["folder"], settings["image_size"], global_batch, class_names, cache=cache,
+        files=val_files)
+    logger.info("%d training and %d validation images (%s) in %d classes: %s", train_count, val_count,
+                describe_validation(record), len(class_names), ", ".join(class_names))
     steps = math.ceil(train_count / global_batch)
     if replicas > 1:
         # Keras gives every replica's mean loss the same weight, so the images of
@@ -114,6 +122,15 @@ def distributed_datasets(settings, dataset_dir, class_names, augmentation, strat
     logger.info("Training on %s: batch size %d per replica, %d global, %d steps per epoch",
                 distribute.describe(strategy), settings["batch_size"], global_batch, steps)
     return train_data, test_data
+
+
+def describe_validation(record):
+    """Where a run's validation images come from, from its `validation` record."""
+    if record["folder"] == "train":
+        return f"{record['fraction']:g} of train/, seed {record['seed']}"
+    if record["folder"] == "test":
+        return "test/, which then also selects the checkpoint"
+    return f"{record['folder']}/"
 
 
 def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
@@ -151,7 +168,11 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
 
     Args:
         settings: every key of `DEFAULTS`, and "dataset" (a folder holding
-            train/ and test/); a resumed run's come from its run.json.
+            train/, test/ and maybe val/); a resumed run's come from its
+            run.json. Validation images (early stopping, best.weights.h5) are
+            val/, else the "val_split" fraction of train/ (drawn with `seed`,
+            recorded in run.json's `validation`, and kept when resumed), else
+            (0) test/; see `keras_parnet.data.dataset_splits`.
         logs_dir: where a new run folder goes.
         run_name: the new run folder's name (default `<date-time>-<model>`).
         resume_dir: a run folder to continue instead of starting a new one.
@@ -159,7 +180,8 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
             images (default: `Augmentation()`).
         weights: a weights file to start from.
         strategy: a `keras_parnet.distribute.make_strategy` name.
-        seed: seed for shuffling and augmentation.
+        seed: seed for shuffling, augmentation and the validation split
+            (that one `DEFAULT_SPLIT_SEED` when `None`).
         cache: cache decoded images in memory.
         analyze: check the dataset first and write its plots to
             `<run>/analysis/`.
@@ -188,8 +210,12 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
                              f"pass a larger --epochs than {settings['epochs']}.")
     dataset_dir = Path(settings["dataset"])
     class_names = data.check_dataset(dataset_dir)
-    train_data, test_data = distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy,
-                                                 seed, cache)
+    # A resumed run keeps its validation images; runs from before val splits validated on test/.
+    recorded = runs.read_run(run_dir).get("validation", {"folder": "test"}) if run_dir is not None else None
+    splits = data.dataset_splits(dataset_dir, class_names, settings["val_split"],
+                                 DEFAULT_SPLIT_SEED if seed is None else seed, recorded)
+    train_data, val_data = distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy,
+                                                seed, cache, splits)
     if run_dir is None and chief:  # after the dataset's checks: a bad dataset leaves no logs folder
         output_dir(logs_dir, "--logs-dir")
 
@@ -203,7 +229,7 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
                 raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
             training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
             config = runs.run_config(model_name, model_kwargs, settings["image_size"], class_names,
-                                     training=training)
+                                     training=training, validation=splits[2])
         else:
             config = runs.read_run(run_dir)
             if config["class_names"] != class_names:
@@ -213,7 +239,8 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
             if analyze and chief:
                 from keras_parnet.analyze import analyze_dataset, format_analysis
 
-                logger.info(format_analysis(analyze_dataset(dataset_dir, out_dir=run_dir / "analysis")).rstrip())
+                analysis = analyze_dataset(dataset_dir, out_dir=run_dir / "analysis", validation=splits[2])
+                logger.info(format_analysis(analysis).rstrip())
             # Start weights are read by the chief only: they reach every worker when training starts.
             model = compiled_model(config, settings, strategy, weights if chief else None, jit_compile)
             if new_run:
@@ -227,7 +254,7 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
                 logger.info("The chief writes the run folder; this worker writes to %s (removed at the end).",
                             scratch)
             # The datasets shuffle themselves; fit's own shuffle does not apply to them.
-            history = model.fit(train_data, validation_data=test_data, epochs=settings["epochs"],
+            history = model.fit(train_data, validation_data=val_data, epochs=settings["epochs"],
                                 callbacks=callbacks, shuffle=False)
         except BaseException as error:
             kept = not created or (run_dir / HISTORY_FILE).exists()

@@ -83,6 +83,8 @@ positive_float = _number(float, "positive_float", lambda value: math.isfinite(va
 non_negative_float = _number(float, "non_negative_float", lambda value: math.isfinite(value) and value >= 0,
                              "a number of 0 or more")
 fraction = _number(float, "fraction", lambda value: 0 <= value <= 1, "a fraction between 0 and 1")
+fraction_below_one = _number(float, "fraction_below_one", lambda value: 0 <= value < 1,
+                             "a fraction of 0 or more and below 1")
 
 
 # The shared flags: one definition each --------------------------------------------

@@ -1,7 +1,8 @@
 """Train ParNet on a `flow_from_directory` folder: `parnet-train --help`.
 
     dataset/<name>/train/<class>/*.jpg
-    dataset/<name>/test/<class>/*.jpg
+    dataset/<name>/val/<class>/*.jpg     optional, else --val-split of train/
+    dataset/<name>/test/<class>/*.jpg    for evaluate only
 
 Without a dataset, the embedded demo (`dataset/demo_faces`, faces vs
 non-faces) trains with small settings in a few minutes on a CPU. The
@@ -38,12 +39,17 @@ def build_parser():
         data, None, f"images per replica and step (default {DEFAULTS['batch_size']}); a step trains on this "
         "times the number of replicas (GPUs, or workers in a cluster)")
     _common.deprecated(data, "--batch", "--batch-size", type=_common.positive_int, metavar="N")
+    data.add_argument("--val-split", type=_common.fraction_below_one, metavar="FRACTION",
+                      help="without a val/ folder, hold out this fraction of each class of train/ (at least one "
+                      f"image) to select the checkpoint and stop early, drawn with --seed (default "
+                      f"{DEFAULTS['val_split']:g}; recorded in run.json, kept by --resume); 0: test/ selects "
+                      "the checkpoint (the original recipe, its test accuracy is then optimistic)")
     data.add_argument("--analyze", action="store_true",
                       help="check the dataset first (class counts, image sizes, train/test duplicates, "
                       "unreadable files) and write its plots to <run>/analysis/")
     data.add_argument("--cache", action="store_true", help="cache decoded images in memory")
     data.add_argument("--seed", type=_common.non_negative_int, metavar="N",
-                      help="random seed for shuffling and augmentation")
+                      help="random seed for shuffling, augmentation and the --val-split draw (that one 0 by default)")
 
     augment = parser.add_argument_group("augmentation (training data only)")
     augment.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
@@ -146,7 +152,7 @@ def resolve_settings(args):
     """`(settings, run folder to resume or None)`. The settings merge, lowest
     first: the defaults, the demo settings (when training on the demo) or a
     resumed run's settings, then the flags given. A resumed run's
-    architecture flags cannot change."""
+    architecture flags and --val-split cannot change."""
     from keras_parnet.runs import find_latest_run, read_run
     from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, TrainError, \
         demo_dataset_dir
@@ -155,12 +161,17 @@ def resolve_settings(args):
     run_dir = None
     if args.resume:
         run_dir = find_latest_run(args.logs_dir) if args.resume == "latest" else Path(args.resume)
-        settings.update(read_run(run_dir).get("training", {}))
+        recorded = read_run(run_dir).get("training", {})
+        settings.update(recorded)
         for key, flag in ARCHITECTURE_FLAGS.items():
             given = getattr(args, key)
             if given is not None and given != settings[key]:
                 raise TrainError(f"{run_dir} was trained with {_as_flag(flag, settings[key])}, not "
                                  f"{_as_flag(flag, given)}: drop {flag} to resume it, or start a new run.")
+        if args.val_split is not None and args.val_split != recorded.get("val_split", args.val_split):
+            raise TrainError(f"{run_dir} was trained with --val-split {recorded['val_split']:g}, not "
+                             f"{args.val_split:g}: its validation images are kept as recorded; drop --val-split "
+                             "to resume it.")
     elif args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir()):
         if not args.demo:
             print(f"{DEFAULT_DATASET} not found: training on the embedded demo dataset "

@@ -1,5 +1,8 @@
 """Evaluate a trained run on its test split (`evaluate_run`; the command line
-is `keras_parnet.cli.evaluate`). Writes into the run folder (see
+is `keras_parnet.cli.evaluate`): the images of `test/` only, never those
+that trained the model or selected its checkpoint (val/ or the recorded
+validation split of train/); a run that validated on `test/` (`--val-split 0`
+without val/) gets a warning in its report that its accuracy is optimistic. Writes into the run folder (see
 `keras_parnet.runs`), or the folder `out_dir` names:
 
     report.json, report.txt            accuracy, top-k accuracy, per-class
@@ -133,6 +136,19 @@ def resolve_dataset(config, run_dir, dataset=None):
     raise EvaluateError(f"the run's dataset {recorded} is not found: pass --dataset DIR holding test/.")
 
 
+def checkpoint_selected_on_test(config, run_dir, dataset_dir):
+    """Whether the run validated on `dataset_dir/test` (its early stopping and
+    best.weights.h5 were chosen on the images evaluated). Runs trained before
+    validation splits were recorded validated on test/; converted runs were
+    not trained here."""
+    if "training" not in config or config.get("validation", {"folder": "test"})["folder"] != "test":
+        return False
+    try:
+        return resolve_dataset(config, run_dir).resolve() == Path(dataset_dir).resolve()
+    except EvaluateError:  # the recorded dataset is gone: another one is evaluated
+        return False
+
+
 def predict_files(model, paths, config, batch_size=BATCH_SIZE):
     """Predicts image files as the predict tool does (`keras_parnet.predict.predict_paths`,
     run.json's `preprocessing`) with a Keras model or a classifier function
@@ -217,7 +233,9 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=BATC
 
     Returns:
         The report dict written to `out_dir/report.json`: what
-        `classification_report` returns plus the run, weights, dataset, the
+        `classification_report` returns plus the run, weights, dataset,
+        whether the test split also selected the checkpoint
+        (`checkpoint_selected_on_test`, then also in `warnings`), the
         artifact (`artifact`, `artifact_format`, `artifact_input`: `None`
         for the Keras model; then `weights` and `fused` are `None`), the
         worst predictions (`worst`: path, true and predicted class and their
@@ -249,6 +267,7 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=BATC
     split_dir = dataset_dir / "test"
     class_names = config["class_names"]
     paths, labels, _ = scan_split(split_dir, class_names)
+    selected_by_test = checkpoint_selected_on_test(config, run_dir, dataset_dir)
     if out_dir is not None:
         out_dir = output_dir(out_dir, "--out")
     elif artifact is not None:
@@ -271,6 +290,11 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=BATC
         # The messages are kept in report["warnings"] and printed with it.
         warnings.simplefilter("ignore", MetricWarning)
         metrics = classification_report(labels, probabilities, class_names, top_k)
+    if selected_by_test:
+        metrics["warnings"].append(
+            "the test split also selected the checkpoint (the run validated on test/: no val/ folder and "
+            "--val-split 0), so this accuracy is optimistic; train with a val/ folder or --val-split for an "
+            "unbiased one.")
     indices = worst_predictions(labels, probabilities, worst)
     predictions = probabilities.argmax(axis=1)
     report = {
@@ -281,6 +305,7 @@ def evaluate_run(path=None, weights=None, dataset=None, top_k=5, batch_size=BATC
         "artifact_input": config.get("artifact_input"),
         "dataset": str(dataset_dir),
         "split": "test",
+        "checkpoint_selected_on_test": selected_by_test,
         "fused": bool(fuse) if artifact is None else None,
         **metrics,
         "worst": [

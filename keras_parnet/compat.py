@@ -75,3 +75,23 @@ def save_legacy_h5_weights(model, file):
     from keras.src.legacy.saving import legacy_h5_format
 
     legacy_h5_format.save_weights_to_hdf5_group(file, model)
+
+
+def weights_file_keys(model):
+    """`{layer name: its group below "layers/" in a Keras 3 weights file}`.
+    Keras names each layer's group after its class, numbered in
+    `model.layers` order (`conv2d`, `conv2d_1`, ...), not after the layer's
+    name (`saving_lib._save_container_state` with `_get_unique_name` and
+    `naming.to_snake_case`), so the keys of two ParNets of other widths agree."""
+    from keras.src.utils.naming import to_snake_case
+
+    used, keys = {}, {}
+    for layer in model.layers:
+        base = to_snake_case(layer.__class__.__name__)
+        if base in used:
+            used[base] += 1
+            keys[layer.name] = f"{base}_{used[base]}"
+        else:
+            used[base] = 0
+            keys[layer.name] = base
+    return keys

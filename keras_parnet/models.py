@@ -21,15 +21,27 @@ The output stride is 32 (7x7 features at 224 px). With `small_input=True`
 stride is 8 (4x4 features at 32 px).
 """
 
+import dataclasses
+import io
+import logging
 import os
+import zipfile
 
 import keras
 from keras import layers
 
+from keras_parnet import compat
 from keras_parnet.blocks import downsampling_block, fusion_block, repvgg_block, stream
 
 MIN_INPUT_SIZE = 32
 STREAM_DEPTHS = (4, 5, 5)
+# The classifier: the one layer a partial load may leave at its fresh initialization.
+HEAD_LAYER = "predictions"
+# The layers whose output channels are the widths (w0, w1, w2, w3).
+WIDTH_LAYERS = ("downsample2_dense_conv", "downsample3_dense_conv", "downsample4_dense_conv",
+                "downsample5_dense_conv")
+
+logger = logging.getLogger(__name__)
 
 # (w0, w1, w2, w3) and the dropout of the official configurations.
 MODEL_CONFIGS = {
@@ -52,7 +64,10 @@ default, or pixels in [0, 255] with `include_preprocessing=True`.
 Args:
     include_top: whether to include the pooling and dense classifier.
     weights: `None` (random initialization) or the path of a weights file
-        (`.weights.h5`, or legacy `.h5` as written by Keras `save_weights`).
+        (`.weights.h5`, legacy `.h5` as written by Keras `save_weights`, or
+        `.keras`). With `include_top=False` the file's classifier is
+        ignored, so a converted 1000-class file gives the backbone for a
+        new head.
     input_tensor: optional Keras tensor to use as the image input.
     input_shape: optional `(height, width, 3)`; `None` accepts any size.
     pooling: with `include_top=False`, `None` for the 4D feature map,
@@ -62,7 +77,8 @@ Args:
     dropout: dropout rate before the classifier (official: {dropout}).
     small_input: keep stride 1 in the first two blocks (CIFAR-style,
         32x32 inputs; output stride 8 instead of 32).
-    activation: block non-linearity, `"silu"` as in the paper.
+    activation: block non-linearity, `"silu"` as in the paper (`"relu"`
+        for the converted official checkpoints).
     name: model name.
     include_preprocessing: start the model with the layers that prepare
         0-255 RGB pixels (`Rescaling(1/255)`, then `Normalization` when
@@ -75,6 +91,11 @@ Args:
         pixels, applied after rescaling with `include_preprocessing=True`;
         the official ImageNet weights use
         `((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))`.
+    skip_mismatch: with `weights`, leave the classifier at its fresh
+        initialization when its shape differs from the file's (another
+        `classes`), as `load_matching_weights` does: e.g. the 1000-class
+        converted weights with `classes=2`. Every other weight must still
+        match the file. Default `False`: the file must fit exactly.
 
 Returns:
     A `keras.Model`.
@@ -150,6 +171,136 @@ def load_weights_file(model, path):
         ) from None
 
 
+class WeightsMismatchError(ValueError):
+    """A weights file of another architecture than the model it is loaded into."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialLoad:
+    """What `load_matching_weights` did: `loaded` of the model's `total`
+    weight tensors came from the file `path`; the layers in `reinitialised`
+    (`{name: (model shapes, file shapes or None when absent)}`) kept their
+    fresh initialization."""
+
+    path: str
+    loaded: int
+    total: int
+    reinitialised: dict
+
+    def summary(self):
+        """One line: how many tensors loaded and what was re-initialised."""
+        line = f"loaded {self.loaded} of {self.total} weight tensors from {self.path}"
+        for name, (model_shapes, file_shapes) in self.reinitialised.items():
+            found = f"the file's {_shapes_text(file_shapes)}" if file_shapes else "none in the file"
+            line += f"; re-initialised {name} ({_shapes_text(model_shapes)} instead of {found})"
+        return line
+
+
+def _shapes_text(shapes):
+    return " + ".join("x".join(map(str, shape)) for shape in shapes)
+
+
+def _read_weights_file(path):
+    """`(arrays, layout)`: the tensors of a `.weights.h5`, `.keras` or legacy
+    `.h5` file as `{key: [arrays in the layer's variable order]}`, and
+    whether the keys are Keras 3 paths (`"keras3"`, see
+    `compat.weights_file_keys`) or layer names (`"legacy"`)."""
+    import h5py
+
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            source = io.BytesIO(archive.read("model.weights.h5"))
+    else:
+        source = path
+    with h5py.File(source, "r") as file:
+        if "layers" in file and "layer_names" not in file.attrs:
+            groups = file["layers"]
+            return {key: [groups[key]["vars"][str(index)][()] for index in range(len(groups[key]["vars"]))]
+                    for key in groups if "vars" in groups[key]}, "keras3"
+        root = file["model_weights"] if "model_weights" in file else file
+        arrays = {}
+        for name in root.attrs.get("layer_names", []):
+            name = name.decode() if isinstance(name, bytes) else name
+            group = root[name]
+            weight_names = [weight.decode() if isinstance(weight, bytes) else weight
+                            for weight in group.attrs.get("weight_names", [])]
+            if weight_names:
+                arrays[name] = [group[weight][()] for weight in weight_names]
+        return arrays, "legacy"
+
+
+def _widths_of(shapes_by_layer):
+    """The widths `(w0, w1, w2, w3)` a ParNet's tensors show, or `None`."""
+    kernels = [shapes_by_layer.get(name) for name in WIDTH_LAYERS]
+    if any(not shapes or len(shapes[0]) != 4 for shapes in kernels):
+        return None
+    return tuple(int(shapes[0][-1]) for shapes in kernels)
+
+
+def load_matching_weights(model, path):
+    """Loads every tensor of a weights file that matches `model`'s by name
+    and shape, for fine-tuning: a classifier (`predictions`) of another
+    class count keeps its fresh initialization, and tensors the model lacks
+    (the file's classifier, for a model built with `include_top=False`) are
+    ignored. Reads `.weights.h5`, `.keras` and legacy `.h5` files. Logs the
+    `PartialLoad.summary` line on the `keras_parnet` logger.
+
+    Returns:
+        A `PartialLoad`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        WeightsMismatchError: a weight outside the classifier is missing from
+            the file or has another shape (another architecture), naming the
+            file's and the model's widths.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not path.endswith((".h5", ".hdf5", ".keras")):
+        raise ValueError(f"unsupported weights file {path}: use .weights.h5, .h5 or .keras.")
+    try:
+        arrays, layout = _read_weights_file(path)
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read weights file {path}: {' '.join(str(error).split())[:200]}") from None
+    keys = (compat.weights_file_keys(model) if layout == "keras3"
+            else {layer.name: layer.name for layer in model.layers})
+    matched, mismatched = {}, {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        current = {}
+        layer.save_own_variables(current)
+        model_shapes = [tuple(current[str(index)].shape) for index in range(len(current))]
+        found = arrays.get(keys[layer.name])
+        file_shapes = [tuple(array.shape) for array in found] if found is not None else None
+        if file_shapes == model_shapes:
+            matched[layer] = found
+        else:
+            mismatched[layer.name] = (model_shapes, file_shapes)
+    loaded = sum(map(len, matched.values()))
+    total = loaded + sum(len(model_shapes) for model_shapes, _ in mismatched.values())
+    backbone = [name for name in mismatched if name != HEAD_LAYER]
+    if backbone:
+        file_widths = _widths_of({name: [tuple(a.shape) for a in arrays.get(keys[name], [])]
+                                  for name in WIDTH_LAYERS if name in keys})
+        model_widths = _widths_of({name: [tuple(weight.shape) for weight in model.get_layer(name).weights]
+                                   for name in WIDTH_LAYERS if name in keys})
+        held = (f"a ParNet of widths {file_widths}" if file_widths
+                else "no ParNet of this layout")
+        raise WeightsMismatchError(
+            f"weights file {path} holds {held}, not the model's (widths {model_widths}): "
+            f"{loaded} of {total} tensors match, {len(backbone)} layers outside the "
+            f"classifier do not (first: {backbone[0]}); build the model with the file's widths"
+            + (f" (train: --widths {' '.join(map(str, file_widths))})" if file_widths else "")
+            + " or start from the run folder holding the file")
+    for layer, found in matched.items():
+        layer.load_own_variables({str(index): array for index, array in enumerate(found)})
+    report = PartialLoad(path, loaded, total, mismatched)
+    logger.info("%s", report.summary())
+    return report
+
+
 def preprocessing_layers(x, normalization=None):
     """0-255 RGB pixels -> the network's input: `Rescaling(1/255)` and, with
     `normalization=(mean, std)`, `Normalization` (constants, no weights)."""
@@ -175,6 +326,7 @@ def ParNet(
     name="parnet",
     include_preprocessing=False,
     normalization=None,
+    skip_mismatch=False,
 ):
     """Instantiates a ParNet of any widths.
 
@@ -232,7 +384,10 @@ def ParNet(
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=name)
     if weights is not None:
-        load_weights_file(model, weights)
+        if skip_mismatch or not include_top:
+            load_matching_weights(model, weights)
+        else:
+            load_weights_file(model, weights)
     return model
 
 
@@ -253,6 +408,7 @@ def _builder(model_name, params):
         name=model_name,
         include_preprocessing=False,
         normalization=None,
+        skip_mismatch=False,
     ):
         return ParNet(
             config["widths"],
@@ -269,6 +425,7 @@ def _builder(model_name, params):
             name=name,
             include_preprocessing=include_preprocessing,
             normalization=normalization,
+            skip_mismatch=skip_mismatch,
         )
 
     builder.__name__ = builder.__qualname__ = model_name

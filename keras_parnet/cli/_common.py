@@ -105,10 +105,14 @@ def add_weights_argument(parser_or_group, help=WEIGHTS_HELP):
     return parser_or_group.add_argument("--weights", metavar="FILE", help=help)
 
 
+def add_run_argument(parser_or_group, help=RUN_HELP):
+    return parser_or_group.add_argument("--run", metavar="RUN_DIR", help=help)
+
+
 def add_run_arguments(parser, weights_help=WEIGHTS_HELP):
     """`--run RUN_DIR`, `--weights FILE` and `--logs-dir DIR`, in one group "run"."""
     group = parser.add_argument_group("run")
-    group.add_argument("--run", metavar="RUN_DIR", help=RUN_HELP)
+    add_run_argument(group)
     add_weights_argument(group, weights_help)
     add_logs_dir_argument(group)
     return group

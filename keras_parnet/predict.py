@@ -300,8 +300,8 @@ def _taking_pixels(model):
 
     from keras_parnet.models import preprocessing_layers
 
-    if any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers):
-        return model
+    if any(layer.name == "rescaling" and isinstance(layer, keras.layers.Rescaling) for layer in model.layers):
+        return model  # it begins with `preprocessing_layers`
     inputs = keras.Input(model.input_shape[1:])
     return keras.Model(inputs, model(preprocessing_layers(inputs)), name=model.name)
 

@@ -108,3 +108,17 @@ def test_official_builder_with_preprocessing_keeps_the_paper_parameter_count():
     assert sum(int(np.prod(weight.shape)) for weight in model.trainable_weights) == 20_983_848
     assert {weight.path.rsplit("/", 1)[-1] for weight in model.non_trainable_weights} == {
         "moving_mean", "moving_variance"}
+
+
+def test_bare_keras_file_saved_before_takes_pixels_through_predict(tmp_path):
+    """A full .keras model saved without preprocessing layers (and no run.json)
+    takes [0, 1] floats; the predictor puts a Rescaling in front of it."""
+    from keras_parnet import ParNet
+    from keras_parnet.predict import load_predictor
+
+    bare = randomize_batch_norm(ParNet(TINY_WIDTHS, input_shape=(32, 32, 3), classes=3))
+    bare.save(tmp_path / "model.keras")
+    model, _ = load_predictor(weights=tmp_path / "model.keras", class_names=["a", "b", "c"], fuse=False)
+    pixels = _pixels(3)
+    np.testing.assert_allclose(np.asarray(model(pixels, training=False)),
+                               np.asarray(bare(pixels / 255, training=False)), atol=1e-5)

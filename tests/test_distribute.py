@@ -169,10 +169,10 @@ def eager_training(monkeypatch):
     monkeypatch.setattr(train_module, "compiled_model", eager_model)
 
 
+@pytest.mark.slow
 def test_two_workers_resume_a_run_together(dataset, tmp_path, eager_training, monkeypatch):
     """A run interrupted after epoch 1 of 3 on one device is resumed by a
     2-worker cluster, which trains epochs 2 and 3: only the chief writes, and
-@pytest.mark.slow
     both workers end with the same weights and optimizer state."""
     original = callbacks.training_callbacks
     monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(1)])
@@ -215,10 +215,10 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, eager_training, mo
         np.testing.assert_array_equal(saved, final)
 
 
+@pytest.mark.slow
 def test_mirrored_step_equals_one_device_step_on_the_global_batch():
     result = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(TINY_WIDTHS)], capture_output=True,
                             text=True, timeout=TIMEOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-@pytest.mark.slow
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["replicas"] == 2
@@ -229,10 +229,10 @@ def test_mirrored_step_equals_one_device_step_on_the_global_batch():
     assert measured["largest_difference"] < 1e-4 * measured["largest_step"]
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_training):
     run_dir, model = train_with_flags(build_parser().parse_args(
         ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "8", "--epochs", "1", "--mixed-precision",
-@pytest.mark.slow
          "--logs-dir", str(tmp_path)]))
     assert runs.read_run(run_dir)["training"]["mixed_precision"] is True  # a resumed run keeps it
     assert keras.config.dtype_policy().name == "float32"  # restored after building

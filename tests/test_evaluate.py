@@ -465,8 +465,8 @@ def tflite_artifact(trained_run):
     return out
 
 
-def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_path, capsys):
 @pytest.mark.slow
+def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_path, capsys):
     from keras_parnet import predict
     from keras_parnet.runs import read_run
 
@@ -497,8 +497,8 @@ def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_
     np.testing.assert_array_equal(artifact_probabilities.argmax(1), probabilities.argmax(1))
 
 
-@pytest.mark.parametrize("case, message", [
 @pytest.mark.slow
+@pytest.mark.parametrize("case, message", [
     ("missing", "does not exist: pass a .keras, .tflite or .onnx file"),
     ("garbage", "cannot load {artifact} as a tflite artifact"),
     ("other labels", "labels.txt does not match the run's class names (line 2 is 'wolf' where the run has 'dog')"),

@@ -117,8 +117,8 @@ def test_saved_model_does_a_converted_runs_crop_and_normalization_and_reads_enco
     assert default_input.dtype == tf.uint8 and default_input.shape.as_list() == [None, 48, 40, 3]
 
 
-def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
 @pytest.mark.slow
+def test_tflite_float16_halves_the_file_and_stays_close(trained_run, tmp_path):
     run_dir, model = trained_run
     float32 = exported(run_dir, "tflite")
     out = tmp_path / "best_fused_float16.tflite"
@@ -152,8 +152,8 @@ def exported(run_dir, format):
     return out
 
 
-def test_onnx_keeps_grouped_convolutions_grouped(trained_run):
 @pytest.mark.slow
+def test_onnx_keeps_grouped_convolutions_grouped(trained_run):
     onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
     pytest.importorskip("tf2onnx", reason="the export extra is not installed")
     graph = onnx.load(exported(trained_run[0], "onnx")).graph
@@ -185,8 +185,8 @@ sys.exit(max(export.main(["--run", run_dir, "--format", format, "--out", out_dir
 """
 
 
-@pytest.mark.parametrize("onednn", ["0", "1"])
 @pytest.mark.slow
+@pytest.mark.parametrize("onednn", ["0", "1"])
 def test_every_format_exports_and_reloads_with_onednn_off_and_on(trained_run, tmp_path, onednn):
     """TensorFlow's oneDNN path is on by default on some CPUs and off on
     others (AMD EPYC), and it decides which graph rewrites a reloaded
@@ -204,8 +204,8 @@ def test_every_format_exports_and_reloads_with_onednn_off_and_on(trained_run, tm
     assert "Traceback" not in result.stderr
 
 
-def test_saved_model_runs_without_xla(trained_run):
 @pytest.mark.slow
+def test_saved_model_runs_without_xla(trained_run):
     saved_model = exported(trained_run[0], "savedmodel")
     assert b"_XlaMustCompile" not in (saved_model / "saved_model.pb").read_bytes()
 
@@ -257,16 +257,16 @@ def test_dynamic_input_size_is_refused(tmp_path):
         export.export_model(ParNet(TINY_WIDTHS, classes=2), tmp_path / "m.tflite", "tflite")
 
 
-@pytest.mark.parametrize("format", ["tflite", "savedmodel"])
 @pytest.mark.slow
+@pytest.mark.parametrize("format", ["tflite", "savedmodel"])
 def test_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, format):
     result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", format,
                      "--out", read_only_dir)
     assert_one_line_error(result, str(read_only_dir), "read-only")
 
 
-def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir):
 @pytest.mark.slow
+def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir):
     previous = full_dir / "best_fused.tflite"
     previous.write_bytes(b"")  # an empty file still fits on the full disk
     os.truncate(full_dir / "filler", (full_dir / "filler").stat().st_size - 4096)
@@ -301,8 +301,8 @@ def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path,
     assert [path.name for path in tmp_path.iterdir()] == ["best_fused.tflite"]
 
 
-def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images(tmp_path):
 @pytest.mark.slow
+def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images(tmp_path):
     """Full-integer int8, calibrated on the run's training images, graded on the
     test split with evaluate.py --artifact. The bound: int8 moves each class
     probability by at most 0.15 (measured up to 0.12 on the demo run), and a

@@ -366,11 +366,11 @@ def float_artifact(known):
     from keras_parnet import export
 
     out, _ = export.export_run(known["run_dir"], "tflite", known["root"] / "deploy" / "float.tflite",
-@pytest.mark.slow
                                input="float")
     return out
 
 
+@pytest.mark.slow
 def test_artifact_predicts_what_the_run_predicts(known, float_artifact, monkeypatch, capsys, tmp_path):
     images = known["images"]
     paths = [images / "folder", images / "*.png", images / "cmyk.jpg", images / "light.jpg"]
@@ -388,11 +388,11 @@ def test_artifact_predicts_what_the_run_predicts(known, float_artifact, monkeypa
 
     # Piped paths take the same path through the classifier.
     code, out, err = run_main(monkeypatch, capsys, ["--run", known["run_dir"], "--artifact", float_artifact],
-@pytest.mark.slow
                               f"{images / 'dark.png'}\n")
     assert code == 0 and not err and out == [f"{images / 'dark.png'}\tzebra_dark\t0.800"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, message", [
     ("other labels", "labels.txt does not match the run's class names (line 1 is 'ant_light' where the run "
                      "has 'zebra_dark')"),

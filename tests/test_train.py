@@ -32,9 +32,9 @@ def run_train(dataset, logs, *extra):
     return train_with_flags(args)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, monkeypatch, capsys):
     """One run of 4 epochs, checked by --analyze first, stopped by Ctrl-C
-@pytest.mark.slow
     after epoch 2 and resumed (the two sessions share one tracing budget, so
     every check is on this run)."""
     original = callbacks.training_callbacks

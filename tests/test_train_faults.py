@@ -115,8 +115,8 @@ def assert_no_traceback(result):
     assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
 
 
-def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
 @pytest.mark.slow
+def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
     """One 3-epoch run, stopped four times at the moments that hurt, then
     resumed to the end."""
     run_dir = tmp_path / "logs" / "r"
@@ -164,8 +164,8 @@ def test_kills_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path):
     assert (run_dir / runs.BEST_WEIGHTS).read_bytes() == best_checkpoint.read_bytes()
 
 
-def test_full_disk_mid_training_stops_with_one_line_and_resumes(dataset, tmp_path, small_disk):
 @pytest.mark.slow
+def test_full_disk_mid_training_stops_with_one_line_and_resumes(dataset, tmp_path, small_disk):
     run_dir = small_disk / "r"
     filler = small_disk / "filler"
     result = drive(tmp_path, f"fill-disk:2:{filler}", "--dataset", dataset, *TINY_ARGS, "--batch-size", "8",

@@ -150,7 +150,7 @@ def test_cli_writes_weights_and_run_folder(torch_parnet, tiny_checkpoint, tmp_pa
 
     images = random_images((224, 224))
     expected = softmax(torch_logits(reference, images))
-    from_run, _ = runs.load_run(run_dir)
+    from_run, _ = runs.load_run(run_dir, include_preprocessing=False)  # the bare network, as torch runs it
     from_file = ParNet(TINY_WIDTHS, activation="relu", classes=CLASSES, weights=out)
     for model in (from_run, from_file):
         np.testing.assert_allclose(keras_outputs(model, images), expected, atol=TOLERANCE)

@@ -191,7 +191,7 @@ def analyze_dataset(dataset_dir, out_dir=None, min_size=DEFAULT_MIN_SIZE, imbala
     records = _map_in_threads(_read_header, [path for _, _, path in files])
     held_out = set()
     if validation and validation["folder"] == "train":
-        held_out = {os.path.join(dataset_dir, *relative.split("/")) for relative in validation["files"]}
+        held_out = set(data.held_out_paths(dataset_dir, validation))
         split_classes[data.VAL_SPLIT] = split_classes["train"]
         split_classes = {split: split_classes[split] for split in SPLITS if split in split_classes}
     for (split, name, path), record in zip(files, records):

@@ -456,6 +456,12 @@ def _listed(split_dir, class_names):
             [label for label, paths in enumerate(per_class) for _ in paths])
 
 
+def held_out_paths(dataset_dir, record):
+    """The paths of the `train/` images a `validation` record (see
+    `dataset_splits`) holds out, as `list_images` spells them."""
+    return [os.path.join(os.fspath(dataset_dir), *relative.split("/")) for relative in record["files"]]
+
+
 def dataset_splits(dataset_dir, class_names, val_split=0.1, seed=0, recorded=None):
     """The training and validation images of a dataset.
 
@@ -496,7 +502,7 @@ def dataset_splits(dataset_dir, class_names, val_split=0.1, seed=0, recorded=Non
         val_paths, _ = _listed(os.path.join(dataset_dir, folder), class_names)
         return train_paths, val_paths, {"folder": folder}
     if recorded is not None:
-        val_paths = [os.path.join(dataset_dir, *relative.split("/")) for relative in recorded["files"]]
+        val_paths = held_out_paths(dataset_dir, recorded)
         gone = [path for path in val_paths if not os.path.isfile(path)]
         if gone:
             warnings.warn(f"{len(gone)} recorded validation image(s) are gone from {dataset_dir} and left out: "

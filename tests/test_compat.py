@@ -113,3 +113,18 @@ def test_legacy_h5_weights_load_back(tmp_path):
     reloaded.load_weights(path)
     for expected, loaded in zip(model.get_weights(), reloaded.get_weights()):
         np.testing.assert_array_equal(loaded, expected)
+
+
+def test_weights_file_keys_are_the_groups_keras_writes(tmp_path):
+    model, _ = _tiny_functional()
+    path = tmp_path / "tiny.weights.h5"
+    model.save_weights(path)
+    with h5py.File(path, "r") as file:
+        written = set(file["layers"])
+    try:
+        keys = compat.weights_file_keys(model)
+    except ImportError as error:
+        _fail("keras.src.utils.naming.to_snake_case is gone", error)
+    if set(keys.values()) != written or len(keys) != len(model.layers):
+        pytest.fail(f"keras {keras.__version__}: weights files no longer name layer groups by class "
+                    f"(written {sorted(written)}, compat expects {sorted(keys.values())})")

@@ -315,6 +315,15 @@ def _check_images(paths):
     return results
 
 
+def _no_readable_images(folder, files):
+    """The error of a class folder whose image `files` (maybe none) cannot be read."""
+    if files:
+        return DatasetError(f"{folder} has no readable images: its {len(files)} image file(s) cannot be "
+                            f"decoded (named in the warning); replace them or remove the folder.")
+    extensions = "/".join(ext[1:] for ext in IMAGE_EXTENSIONS)
+    return DatasetError(f"{folder} has no readable images: add {extensions} files or remove the folder.")
+
+
 def _scan(split_dir, class_names=None, files=None):
     """`scan_split` plus the decoder of each file (see `check_image`); with
     `files`, only those image paths below `split_dir` (in scan order)."""
@@ -342,12 +351,7 @@ def _scan(split_dir, class_names=None, files=None):
     for label, (name, files) in enumerate(zip(class_names, per_class)):
         readable = [path for path in files if not isinstance(results[path], ImageError)]
         if not readable:
-            extensions = "/".join(ext[1:] for ext in IMAGE_EXTENSIONS)
-            folder = os.path.join(split_dir, name)
-            if files:
-                raise DatasetError(f"{folder} has no readable images: its {len(files)} image file(s) cannot be "
-                                   f"decoded (named in the warning); replace them or remove the folder.")
-            raise DatasetError(f"{folder} has no readable images: add {extensions} files or remove the folder.")
+            raise _no_readable_images(os.path.join(split_dir, name), files)
         paths += readable
         labels += [label] * len(readable)
         decoders += [results[path] for path in readable]
@@ -452,6 +456,9 @@ def split_train_val(paths, labels, fraction, seed, class_names):
 def _listed(split_dir, class_names):
     """`(paths, labels)` of every image of a split, without decoding them."""
     per_class = [list_images(os.path.join(split_dir, name)) for name in class_names]
+    for name, paths in zip(class_names, per_class):
+        if not paths:
+            raise _no_readable_images(os.path.join(split_dir, name), paths)
     return ([path for paths in per_class for path in paths],
             [label for label, paths in enumerate(per_class) for _ in paths])
 

@@ -153,8 +153,8 @@ def run_cluster(tmp_path, worker_args):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Dark vs bright 40 px PNGs: 7 + 6 to train, 3 + 3 to test."""
-    return write_dark_bright_dataset(tmp_path_factory.mktemp("data"), (7, 6), (3, 3), ".png")
+    """Dark vs bright 40 px PNGs: 8 + 7 in train/ (7 + 6 train, one of each validates), 3 + 3 to test."""
+    return write_dark_bright_dataset(tmp_path_factory.mktemp("data"), (8, 7), (3, 3), ".png")
 
 
 @pytest.fixture

@@ -45,11 +45,12 @@ def test_interrupted_run_resumes_and_writes_the_run_folder(dataset, tmp_path, mo
     out, err = capsys.readouterr()
     assert "parnet-train --resume" in err  # in-process: the installed command
     counts = [line.split() for line in out.splitlines() if line.split()[:1] in (["bright"], ["dark"])]
-    assert counts == [["bright", "6", "3"], ["dark", "6", "3"]]
+    assert counts == [["bright", "5", "1", "3"], ["dark", "5", "1", "3"]]  # train, the 0.1 validation split, test
     assert out.index("bright") < out.index("Epoch 1/4")  # the dataset is checked before training
     run_dir = tmp_path / "r"
     analysis = json.loads((run_dir / "analysis" / "analysis.json").read_text())
-    assert analysis["counts"]["train"] == {"bright": 6, "dark": 6}
+    assert analysis["counts"]["train"] == {"bright": 5, "dark": 5}
+    assert analysis["counts"]["val"] == {"bright": 1, "dark": 1}
     assert (run_dir / "analysis" / "class_counts.png").stat().st_size > 0
     assert [int(row["epoch"]) for row in history_rows(run_dir)] == [0, 1]
     assert (run_dir / "backup").is_dir()

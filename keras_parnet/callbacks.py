@@ -65,6 +65,48 @@ def decayed_learning_rate(initial, decay):
     return schedule
 
 
+def phased_learning_rate(initial, decay, freeze_epochs, fine_tune):
+    """Schedule for `LearningRateScheduler`: `decayed_learning_rate(initial,
+    decay)` for the first `freeze_epochs`, then the same decay restarting
+    from `fine_tune` (epoch `k >= freeze_epochs` trains at
+    `fine_tune * decay**(k - freeze_epochs)`)."""
+    head = decayed_learning_rate(initial, decay)
+    whole = decayed_learning_rate(fine_tune, decay)
+
+    def schedule(epoch, learning_rate=None):
+        return head(epoch) if epoch < freeze_epochs else whole(epoch - freeze_epochs)
+
+    return schedule
+
+
+def freeze_backbone(model, frozen):
+    """Makes every layer but the classifier (`models.HEAD_LAYER`) untrainable
+    (`frozen=True`) or trainable again. Untrainable BatchNormalization layers
+    normalize with their moving statistics and do not update them (Keras 3),
+    as in the Keras transfer-learning guide."""
+    from keras_parnet.models import HEAD_LAYER
+
+    for layer in model.layers:
+        if layer.name != HEAD_LAYER:
+            layer.trainable = not frozen
+
+
+class UnfreezeBackbone(keras.callbacks.Callback):
+    """Trains the whole network from epoch `freeze_epochs` (0-based) on: at
+    the first epoch from then, frozen or resumed, the backbone becomes
+    trainable and `fit` gets a new training step (which reads which weights
+    train when it is traced)."""
+
+    def __init__(self, freeze_epochs):
+        super().__init__()
+        self.freeze_epochs = freeze_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.freeze_epochs and not all(layer.trainable for layer in self.model.layers):
+            freeze_backbone(self.model, False)
+            self.model.make_train_function(force=True)
+
+
 def read_history(run_dir):
     """`(field names, rows)` of the run's history.csv (empty if there is none)."""
     path = Path(run_dir) / HISTORY_FILE
@@ -324,6 +366,8 @@ def training_callbacks(
     patience=15,
     restore_best_weights=False,
     tensorboard_dir=None,
+    freeze_epochs=0,
+    fine_tune_lr=None,
 ):
     """Checkpoints, LR decay, early stopping, TensorBoard, CSV and resume.
 
@@ -334,17 +378,24 @@ def training_callbacks(
         patience: epochs without a lower `val_loss` before stopping.
         restore_best_weights: end with the best epoch's weights.
         tensorboard_dir: TensorBoard log folder (default `run_dir/tensorboard`).
+        freeze_epochs: epochs that train only the classifier (the model
+            starts with `freeze_backbone`); then the whole network trains,
+            from `fine_tune_lr` on (see `phased_learning_rate`).
 
     Returns:
         A list of Keras callbacks. `RunCheckpoint` follows the learning rate
         scheduler, whose rate it records in the history.
     """
     run_dir = Path(run_dir)
+    if freeze_epochs:
+        phases = [UnfreezeBackbone(freeze_epochs)]
+        schedule = phased_learning_rate(learning_rate, lr_decay, freeze_epochs, fine_tune_lr)
+    else:
+        phases, schedule = [], decayed_learning_rate(learning_rate, lr_decay)
     return [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.LearningRateScheduler(
-            decayed_learning_rate(learning_rate, lr_decay), verbose=1
-        ),
+        *phases,
+        keras.callbacks.LearningRateScheduler(schedule, verbose=1),
         RunCheckpoint(run_dir),
         keras.callbacks.EarlyStopping(
             monitor="val_loss",

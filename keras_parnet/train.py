@@ -36,6 +36,10 @@ DEFAULTS = {
     "dropout": None,
     "mixed_precision": False,
     "val_split": 0.1,
+    "activation": "silu",
+    "freeze_epochs": 0,
+    "fine_tune_lr": None,
+    "class_weight": None,
 }
 # The embedded demo trains in a few minutes on a CPU.
 DEMO_SETTINGS = {
@@ -49,7 +53,9 @@ MAX_IMAGE_SIZE = 2048  # one 2048 px image already takes gigabytes of activation
 # The seed of the --val-split draw when no --seed is given.
 DEFAULT_SPLIT_SEED = 0
 # Settings that fix the network's shape: a resumed run keeps its own.
-ARCHITECTURE_SETTINGS = ("model", "widths", "image_size", "small_input")
+ARCHITECTURE_SETTINGS = ("model", "widths", "image_size", "small_input", "activation")
+# With --freeze-epochs and no --fine-tune-lr, the whole network trains at --lr divided by this.
+FINE_TUNE_LR_DIVISOR = 10
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +81,72 @@ def model_spec(settings):
     from keras_parnet.models import BUILDERS, MODEL_CONFIGS
 
     name = BUILDERS[settings["model"]].__name__
-    kwargs = {"small_input": bool(settings["small_input"])}
+    kwargs = {"small_input": bool(settings["small_input"]), "activation": settings["activation"]}
     if settings["dropout"] is not None:
         kwargs["dropout"] = settings["dropout"]
     if settings["widths"]:
         kwargs = {"widths": list(settings["widths"]), "dropout": MODEL_CONFIGS[name]["dropout"], **kwargs}
         name = "ParNet"
     return name, kwargs
+
+
+def start_from(weights):
+    """`(weights file, run config or None)` to start a new run from: a
+    weights file as given, or a run folder's `best.weights.h5` and its
+    run.json (whose architecture `run_architecture` reads and whose
+    preprocessing the new run takes).
+
+    Raises:
+        TrainError: a folder without run.json or without best.weights.h5.
+    """
+    from keras_parnet import runs
+
+    path = Path(weights).expanduser()
+    if not path.is_dir():
+        return path, None
+    if not (path / runs.RUN_FILE).is_file():
+        raise TrainError(f"{path} is a folder without {runs.RUN_FILE}: pass a run folder (written by train or "
+                         "convert) or a weights file.")
+    config = runs.read_run(path)
+    weights_file = path / runs.BEST_WEIGHTS
+    if not weights_file.is_file():
+        raise TrainError(f"{weights_file} not found: the run {path} has not finished an epoch; pass one of its "
+                         "epoch checkpoints as --weights FILE, or another run folder.")
+    return weights_file, config
+
+
+def run_architecture(config):
+    """The settings that rebuild a run's network (`model`, `widths`,
+    `small_input`, `activation`, `dropout`), from its run.json."""
+    from keras_parnet.models import BUILDERS
+    from keras_parnet.runs import RunError
+
+    kwargs = config["model_kwargs"]
+    sizes = {builder.__name__: size for size, builder in BUILDERS.items()}
+    if config["model"] == "ParNet":
+        model, widths = DEFAULTS["model"], [int(width) for width in kwargs["widths"]]
+    elif config["model"] in sizes:
+        model, widths = sizes[config["model"]], None
+    else:
+        raise RunError(f"unknown model '{config['model']}' in run config: expected ParNet or one of "
+                       f"{sorted(sizes)}.")
+    return {"model": model, "widths": widths, "small_input": bool(kwargs.get("small_input", False)),
+            "activation": kwargs.get("activation", DEFAULTS["activation"]), "dropout": kwargs.get("dropout")}
+
+
+def balanced_class_weights(train_paths, class_names):
+    """`{label: weight}` with scikit-learn's "balanced" formula,
+    `n_samples / (n_classes * count of the class)`, over the training images
+    (each below `train/<class>/`)."""
+    counts = [0] * len(class_names)
+    for path in train_paths:
+        counts[class_names.index(Path(path).parent.name)] += 1
+    return {label: len(train_paths) / (len(class_names) * count) for label, count in enumerate(counts)}
+
+
+def fine_tune_lr(settings):
+    """The learning rate of the first epoch after `freeze_epochs`."""
+    return settings["fine_tune_lr"] or settings["lr"] / FINE_TUNE_LR_DIVISOR
 
 
 def enable_gpu_memory_growth():
@@ -92,10 +157,11 @@ def enable_gpu_memory_growth():
 
 
 def distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy, seed=None, cache=False,
-                         splits=None):
+                         splits=None, crop_fraction=None):
     """`(train, validation)` datasets in global batches of `strategy`, set up
     to be split across its replicas, over the `(train paths, validation paths,
-    record)` of `data.dataset_splits`."""
+    record)` of `data.dataset_splits`, decoded with the run's `crop_fraction`
+    (converted runs' center crop)."""
     from keras_parnet import data, distribute
 
     train_files, val_files, record = splits
@@ -103,10 +169,11 @@ def distributed_datasets(settings, dataset_dir, class_names, augmentation, strat
     global_batch = settings["batch_size"] * replicas
     train_data, _, train_count = data.make_dataset(
         dataset_dir / "train", settings["image_size"], global_batch, class_names, training=True,
-        augmentation=augmentation, seed=distribute.shared_seed(strategy, seed), cache=cache, files=train_files)
+        augmentation=augmentation, seed=distribute.shared_seed(strategy, seed), cache=cache, files=train_files,
+        crop_fraction=crop_fraction)
     test_data, _, val_count = data.make_dataset(
         dataset_dir / record["folder"], settings["image_size"], global_batch, class_names, cache=cache,
-        files=val_files)
+        files=val_files, crop_fraction=crop_fraction)
     logger.info("%d training and %d validation images (%s) in %d classes: %s", train_count, val_count,
                 describe_validation(record), len(class_names), ", ".join(class_names))
     steps = math.ceil(train_count / global_batch)
@@ -136,11 +203,14 @@ def describe_validation(record):
 def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
     """The model of a run `config`, built and compiled in `strategy`'s scope
     (in mixed precision if `settings["mixed_precision"]`), starting from the
-    `weights` file if given."""
+    tensors of the `weights` file that match (`models.load_matching_weights`)
+    if given. With `settings["freeze_epochs"]`, the optimizer holds state for
+    every weight and the backbone starts frozen (`callbacks.freeze_backbone`)."""
     import keras
 
     from keras_parnet import distribute, runs
-    from keras_parnet.models import load_weights_file
+    from keras_parnet.callbacks import freeze_backbone
+    from keras_parnet.models import load_matching_weights
 
     policy = distribute.mixed_precision_policy() if settings["mixed_precision"] else None
     if policy:
@@ -149,7 +219,7 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
         with distribute.dtype_policy(policy):
             model = runs.build_model(config)
         if weights:
-            load_weights_file(model, weights)
+            load_matching_weights(model, weights)
         model = distribute.prepare_model(model, strategy)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=settings["lr"]),
@@ -157,6 +227,11 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
+        if settings["freeze_epochs"]:
+            # Built on every weight, the optimizer's state has one layout before and after the
+            # switch, so that a backup of any epoch resumes.
+            model.optimizer.build(model.trainable_variables)
+            freeze_backbone(model, True)
     return model
 
 
@@ -178,7 +253,11 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
         resume_dir: a run folder to continue instead of starting a new one.
         augmentation: a `keras_parnet.data.Augmentation` for the training
             images (default: `Augmentation()`).
-        weights: a weights file to start from.
+        weights: a weights file to start from, or a run folder (its
+            best.weights.h5; the new run takes its preprocessing, and
+            `settings` must hold its architecture: `run_architecture`).
+            Every tensor that matches by name and shape is loaded; a
+            classifier of another class count starts afresh.
         strategy: a `keras_parnet.distribute.make_strategy` name.
         seed: seed for shuffling, augmentation and the validation split
             (that one `DEFAULT_SPLIT_SEED` when `None`).
@@ -214,8 +293,20 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
     recorded = runs.read_run(run_dir).get("validation", {"folder": "test"}) if run_dir is not None else None
     splits = data.dataset_splits(dataset_dir, class_names, settings["val_split"],
                                  DEFAULT_SPLIT_SEED if seed is None else seed, recorded)
+    start_config = None
+    if weights is not None:
+        weights, start_config = start_from(weights)
+    if run_dir is not None:
+        preprocessing = runs.read_run(run_dir)["preprocessing"]
+    else:
+        preprocessing = dict((start_config or {}).get("preprocessing", runs.DEFAULT_PREPROCESSING))
     train_data, val_data = distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy,
-                                                seed, cache, splits)
+                                                seed, cache, splits, preprocessing.get("crop_fraction"))
+    class_weight = None
+    if settings["class_weight"] == "balanced":
+        class_weight = balanced_class_weights(splits[0], class_names)
+        logger.info("Class weights (balanced): %s", ", ".join(
+            f"{name} {class_weight[label]:.3f}" for label, name in enumerate(class_names)))
     if run_dir is None and chief:  # after the dataset's checks: a bad dataset leaves no logs folder
         output_dir(logs_dir, "--logs-dir")
 
@@ -228,8 +319,11 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
             if (run_dir / runs.RUN_FILE).exists():
                 raise TrainError(f"{run_dir} holds a run already: pass --resume {run_dir} or another --run-name.")
             training = {**settings, "augmentation": dataclasses.asdict(augmentation)}
+            if settings["freeze_epochs"]:
+                training["fine_tune_lr"] = fine_tune_lr(settings)
+            started = {"start_weights": str(weights)} if weights is not None else {}
             config = runs.run_config(model_name, model_kwargs, settings["image_size"], class_names,
-                                     training=training, validation=splits[2])
+                                     preprocessing, training=training, validation=splits[2], **started)
         else:
             config = runs.read_run(run_dir)
             if config["class_names"] != class_names:
@@ -247,7 +341,8 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
                 runs.save_run(run_dir, config)
             callbacks = training_callbacks(
                 scratch or run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
-                restore_best_weights, tensorboard_dir if chief else None)
+                restore_best_weights, tensorboard_dir if chief else None, settings["freeze_epochs"],
+                fine_tune_lr(settings))
             if chief:
                 logger.info("Run folder: %s", run_dir)
             else:
@@ -255,7 +350,7 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
                             scratch)
             # The datasets shuffle themselves; fit's own shuffle does not apply to them.
             history = model.fit(train_data, validation_data=val_data, epochs=settings["epochs"],
-                                callbacks=callbacks, shuffle=False)
+                                callbacks=callbacks, shuffle=False, class_weight=class_weight)
         except BaseException as error:
             kept = not created or (run_dir / HISTORY_FILE).exists()
             if not kept:

@@ -41,6 +41,7 @@ CONVENTION = {
     "--no-fuse": (None, "store_true", None, ["fused", "instead of"], {"predict", "evaluate"}),
     "--artifact": ("PATH", None, None, ["artifact", "instead of the run's"], {"predict", "evaluate"}),
     "--seed": ("N", _common.non_negative_int, None, ["seed"], {"train"}),
+    "--activation": (None, None, None, ["activation"], {"train", "convert"}),
 }
 # Other spellings of the run, the dataset and the output: hidden (deprecated) at most.
 OTHER_SPELLINGS = {"--run-dir", "--save-plots", "--batch", "--output", "--output-dir", "--out-dir", "--data",
@@ -89,6 +90,8 @@ def test_shared_flags_are_one_flag_in_every_tool(parsers, flag):
             assert action.nargs == nargs, where
         if flag == "--model":
             assert list(action.choices) == ["s", "m", "l", "xl"], where
+        if flag == "--activation":
+            assert list(action.choices) == ["silu", "relu"], where
         for word in words:
             assert word in " ".join(action.help.split()), (where, word, action.help)
         if flag == "--logs-dir":

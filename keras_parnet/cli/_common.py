@@ -141,6 +141,14 @@ def add_architecture_arguments(parser_or_group, default_text, small_input=True, 
                                      help="CIFAR-style stem without stride, for inputs around 32 px")
 
 
+ACTIVATIONS = ("silu", "relu")
+
+
+def add_activation_argument(parser_or_group, help):
+    """`--activation {silu,relu}`, `None` when not given (`help` says what applies then)."""
+    return parser_or_group.add_argument("--activation", choices=ACTIVATIONS, help=help)
+
+
 def add_image_size_argument(parser_or_group, help="square input size, pixels"):
     return parser_or_group.add_argument("--image-size", type=positive_int, metavar="PX", help=help)
 

@@ -26,10 +26,10 @@ def build_parser():
     model = parser.add_argument_group("model")
     _common.add_architecture_arguments(model, "the released configuration, giving widths and dropout",
                                        small_input=False, model_required=True)
-    model.add_argument("--activation", choices=("relu", "silu"),
-                       help="block activation (default relu, what the released checkpoints were trained with: "
-                       "their yaml nests 'swish' in a list, so the official code built ReLU; silu for "
-                       "checkpoints trained with 'additional_branches: [swish]')")
+    _common.add_activation_argument(
+        model, "block activation (default relu, what the released checkpoints were trained with: their yaml "
+        "nests 'swish' in a list, so the official code built ReLU; silu for checkpoints trained with "
+        "'additional_branches: [swish]')")
     model.add_argument("--classes", type=_common.positive_int, default=1000, metavar="N",
                        help="classifier outputs of the checkpoint (default 1000)")
     model.add_argument("--ema", action="store_true",

@@ -16,14 +16,15 @@ from keras_parnet.cli import _common
 
 TOOL = "train"
 ARCHITECTURE_FLAGS = {"model": "--model", "widths": "--widths", "image_size": "--image-size",
+                      "activation": "--activation",
                       "small_input": "--small-input"}
 AUGMENTATION_FLAGS = ("rotation", "width_shift", "height_shift", "shear", "zoom", "fill_mode")
 
 
 def build_parser():
     # The library module imports TensorFlow only when it trains.
-    from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, MAX_IMAGE_SIZE, \
-        MIN_IMAGE_SIZE
+    from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, FINE_TUNE_LR_DIVISOR, \
+        MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     parser = _common.make_parser(
         TOOL, "Train ParNet on dataset/<name>/{train,test}/<class>/ images. With no arguments and no "
@@ -74,7 +75,12 @@ def build_parser():
     _common.add_architecture_arguments(model, "s")
     model.add_argument("--dropout", type=_common.fraction, metavar="RATE",
                        help="dropout before the classifier, below 1 (default: the size's)")
-    _common.add_weights_argument(model, "start from these weights (.weights.h5, legacy .h5 or .keras)")
+    _common.add_activation_argument(model, f"block activation of a new model (default {DEFAULTS['activation']}, "
+                                    "as in the paper; a run folder given to --weights brings its own)")
+    _common.add_weights_argument(
+        model, "start from these weights (.weights.h5, legacy .h5 or .keras), or from a run folder (written by "
+        "train or convert), whose architecture and preprocessing the new run takes; every tensor that matches "
+        "by name and shape loads, and a classifier of another class count starts afresh")
 
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=_common.positive_int, metavar="N",
@@ -85,6 +91,15 @@ def build_parser():
                      help=f"learning rate factor per epoch, at most 1 (default {DEFAULTS['lr_decay']:g})")
     fit.add_argument("--patience", type=_common.non_negative_int, metavar="EPOCHS",
                      help=f"early stopping patience on val_loss (default {DEFAULTS['patience']})")
+    fit.add_argument("--freeze-epochs", type=_common.non_negative_int, metavar="N",
+                     help="train only the classifier for the first N epochs, the backbone frozen (BatchNorm "
+                     "in inference mode), then the whole network at --fine-tune-lr (default 0)")
+    fit.add_argument("--fine-tune-lr", type=_common.positive_float, metavar="RATE",
+                     help="learning rate of the first epoch after --freeze-epochs, decaying by --lr-decay "
+                     f"from there (default --lr / {FINE_TUNE_LR_DIVISOR})")
+    fit.add_argument("--class-weight", choices=("balanced",),
+                     help="weigh each class's loss by n_images / (n_classes * its images in the training "
+                     "split), scikit-learn's 'balanced', for imbalanced folders (default: equal weights)")
     fit.add_argument("--restore-best-weights", action="store_true",
                      help="end training with the weights of the best epoch")
 
@@ -120,6 +135,8 @@ def check_flags(args, parser):
     if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         parser.error(f"argument --image-size: {args.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} "
                      "px (ParNet's minimum, and the largest this tool trains at): pass e.g. 256")
+    if args.fine_tune_lr is not None and not args.freeze_epochs and not args.resume:
+        parser.error("argument --fine-tune-lr: it applies after --freeze-epochs: pass --freeze-epochs N too")
     if args.dropout is not None and args.dropout == 1:
         parser.error("argument --dropout: 1 drops every feature: pass a fraction below 1")
 
@@ -177,10 +194,35 @@ def resolve_settings(args):
             print(f"{DEFAULT_DATASET} not found: training on the embedded demo dataset "
                   f"({DEMO_DATASET}, faces vs non-faces) with the demo settings.")
         settings.update(DEMO_SETTINGS, dataset=str(demo_dataset_dir()))
+    if not args.resume and args.weights is not None:
+        settings.update(start_architecture(args))
     given = {key: value for key, value in vars(args).items() if value is not None}
     settings.update({key: value for key, value in given.items() if key in DEFAULTS or key == "dataset"})
     settings.setdefault("dataset", DEFAULT_DATASET)
     return settings, run_dir
+
+
+def start_architecture(args):
+    """The architecture settings of the run folder given to --weights (none
+    for a weights file); an architecture flag given with another value is an
+    error, since the run's weights fit only its own."""
+    from keras_parnet.train import TrainError, run_architecture, start_from
+
+    _, config = start_from(args.weights)
+    if config is None:
+        return {}
+    architecture = run_architecture(config)
+    for key, flag in ARCHITECTURE_FLAGS.items():
+        given = getattr(args, key)
+        if key not in architecture or given is None or (key == "model" and architecture["widths"]):
+            continue
+        if given != architecture[key]:
+            raise TrainError(f"{args.weights} holds a model of {_as_flag(flag, architecture[key])}, not "
+                             f"{_as_flag(flag, given)}: drop {flag} to start from it (its weights fit only its "
+                             "architecture), or pass a weights file to start a new architecture.")
+    if args.dropout is not None:
+        del architecture["dropout"]
+    return architecture
 
 
 def train_with_flags(args):

@@ -2,8 +2,10 @@
 
     logs/<run-name>/
       run.json            builder and its arguments, image size, class names in
-                          label order, preprocessing, versions, command line
-      best.weights.h5     best epoch (lowest val_loss)
+                          label order, preprocessing, training settings, the
+                          validation split (`validation`, see
+                          `keras_parnet.data.dataset_splits`), versions, command line
+      best.weights.h5     best epoch (lowest val_loss on the validation images)
       ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.weights.h5
       history.csv, tensorboard/, backup/ (resume state while a run is unfinished)
 

@@ -70,13 +70,17 @@ def known(tmp_path_factory):
     return {"root": root, "run_dir": run_dir, "images": images, "model": model, "features": features}
 
 
+@pytest.fixture(scope="module")
+def known_predictor(known):
+    """The known run loaded once, as `--run` loads it."""
+    return predict.load_predictor(known["run_dir"])
+
+
 @pytest.fixture
-def loaded(known, monkeypatch):
-    """main() with the known run loaded once (as `--run` loads it), for the
-    tests of what happens after loading."""
-    if "predictor" not in known:
-        known["predictor"] = predict.load_predictor(known["run_dir"])
-    monkeypatch.setattr(predict_cli, "load", lambda args: known["predictor"])
+def loaded(known_predictor, monkeypatch):
+    """main() with the known run already loaded, for the tests of what
+    happens after loading."""
+    monkeypatch.setattr(predict_cli, "load", lambda args: known_predictor)
 
 
 class FakeTerminal(io.StringIO):

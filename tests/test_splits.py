@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_WIDTHS, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 
 from keras_parnet import data, runs
 from keras_parnet.cli import analyze as analyze_cli
@@ -194,6 +194,7 @@ def test_evaluate_reads_exactly_test_and_says_when_test_selected_the_checkpoint(
 
 @pytest.mark.slow
 def test_training_uses_the_recorded_split_and_resume_keeps_it(tmp_path, monkeypatch):
+    from keras_parnet import callbacks
     from keras_parnet.cli._common import messages_to_console
 
     dataset = write_dark_bright_dataset(tmp_path / "data", (6, 6), (2, 2))
@@ -205,11 +206,16 @@ def test_training_uses_the_recorded_split_and_resume_keeps_it(tmp_path, monkeypa
         return original(split_dir, *args, files=files, **kwargs)
 
     monkeypatch.setattr(data, "make_dataset", recording)
+    original_callbacks = callbacks.training_callbacks
+    monkeypatch.setattr(callbacks, "training_callbacks",
+                        lambda *a, **k: original_callbacks(*a, **k) + [interrupt_after(1)])
     messages_to_console()
     common = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--no-augment"]
-    run_dir, _ = train_cli.train_with_flags(train_cli.build_parser().parse_args(
-        ["--dataset", str(dataset), "--logs-dir", str(tmp_path / "logs"), "--run-name", "r", *common,
-         "--epochs", "1", "--val-split", "0.34", "--seed", "3"]))
+    with pytest.raises(SystemExit):
+        train_cli.train_with_flags(train_cli.build_parser().parse_args(
+            ["--dataset", str(dataset), "--logs-dir", str(tmp_path / "logs"), "--run-name", "r", *common,
+             "--epochs", "2", "--val-split", "0.34", "--seed", "3"]))
+    run_dir = tmp_path / "logs" / "r"
     record = json.loads((run_dir / runs.RUN_FILE).read_text())["validation"]
     val_files = sorted(str(dataset / relative) for relative in record["files"])
     assert record["fraction"] == 0.34 and record["seed"] == 3
@@ -218,8 +224,9 @@ def test_training_uses_the_recorded_split_and_resume_keeps_it(tmp_path, monkeypa
     assert calls == [("train", True, train_files), ("train", False, val_files)]
 
     calls.clear()
+    monkeypatch.setattr(callbacks, "training_callbacks", original_callbacks)
     added = dataset / "train" / "bright" / "added.jpg"
-    shutil.copy(dataset / "train" / "bright" / "0.jpg", added)
+    shutil.copy(train_files[0], added)
     train_cli.train_with_flags(train_cli.build_parser().parse_args(["--resume", str(run_dir), "--epochs", "2"]))
     assert calls == [("train", True, sorted(train_files + [str(added)])), ("train", False, val_files)]
     assert json.loads((run_dir / runs.RUN_FILE).read_text())["validation"] == record

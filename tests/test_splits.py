@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 
@@ -44,6 +45,15 @@ def test_val_split_is_stratified_seeded_and_disjoint(dataset):
     other_seed = data.dataset_splits(dataset, CLASS_NAMES, 0.2, seed=8)[1]
     assert sorted(other_seed) != sorted(val_files)
     assert {name: sum(class_of(path) == name for path in other_seed) for name in CLASS_NAMES} == per_class
+
+
+def test_make_dataset_reads_only_the_files_given(dataset):
+    _, val_files, _ = data.dataset_splits(dataset, CLASS_NAMES, 0.2, seed=0)
+    batches, names, count = data.make_dataset(dataset / "train", 32, 100, CLASS_NAMES, files=val_files)
+    images, labels = next(iter(batches))
+    assert count == len(val_files) == len(images)
+    assert [names[label] for label in labels.numpy().argmax(1)] == list(map(class_of, val_files))
+    np.testing.assert_array_equal(images.numpy(), np.stack([data.load_image(path, 32) for path in val_files]))
 
 
 def test_every_class_keeps_an_image_on_each_side(dataset):

@@ -217,17 +217,18 @@ def test_logs_dir_that_cannot_be_written_is_refused(dataset, tmp_path, capsys, r
     assert error.startswith("error: --logs-dir ") and error.count("\n") == 1, error
 
 
-def test_start_weights_that_do_not_fit_leave_no_run_folder(dataset, tmp_path, capsys):
+def test_start_weights_of_another_architecture_leave_no_run_folder(dataset, tmp_path, capsys):
     from keras_parnet import ParNet
 
-    other = tmp_path / "three_classes.weights.h5"
-    ParNet(TINY_WIDTHS, input_shape=(32, 32, 3), classes=3).save_weights(other)
+    other = tmp_path / "wider.weights.h5"
+    ParNet((16, 24, 40, 48), input_shape=(32, 32, 3), classes=3).save_weights(other)
     status = main(["--dataset", str(dataset), "--logs-dir", str(tmp_path / "logs"), *TINY_ARGS,
                    "--weights", str(other)])
-    error = capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()
     assert status == 2
-    last = error.strip().splitlines()[-1]  # after Keras' warnings on the mismatch
-    assert last.startswith("error: ") and "does not fit" in last and "Traceback" not in error, error
+    assert len(error) == 1 and error[0].startswith(f"error: weights file {other} holds a ParNet of widths "
+                                                   "(16, 24, 40, 48), not the model's (widths (16, 24, 32, 48))")
+    assert "--widths 16 24 40 48" in error[0]
     assert list((tmp_path / "logs").iterdir()) == []
 
 

@@ -27,7 +27,7 @@ def build_parser():
         MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     parser = _common.make_parser(
-        TOOL, "Train ParNet on dataset/<name>/{train,test}/<class>/ images. With no arguments and no "
+        TOOL, "Train ParNet on dataset/<name>/{train,val,test}/<class>/ images (val/ optional). With no arguments and no "
         f"{DEFAULT_DATASET}, trains on the embedded demo dataset.")
     data = parser.add_argument_group("data")
     _common.add_dataset_argument(data, f"{_common.DATASET_HELP} (default {DEFAULT_DATASET})")
@@ -46,7 +46,7 @@ def build_parser():
                       f"{DEFAULTS['val_split']:g}; recorded in run.json, kept by --resume); 0: test/ selects "
                       "the checkpoint (the original recipe, its test accuracy is then optimistic)")
     data.add_argument("--analyze", action="store_true",
-                      help="check the dataset first (class counts, image sizes, train/test duplicates, "
+                      help="check the dataset first (class counts, image sizes, duplicates across train/val/test, "
                       "unreadable files) and write its plots to <run>/analysis/")
     data.add_argument("--cache", action="store_true", help="cache decoded images in memory")
     data.add_argument("--seed", type=_common.non_negative_int, metavar="N",

@@ -641,7 +641,7 @@ def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path):
             save(tmp_path / "data" / split / name / "0.png", random_rgb(rng, 32, 32))
     damaged = damage_inside(tmp_path / "data" / "train" / "b" / "0.png")
     result = run_cli("keras_parnet.cli.train", "--dataset", tmp_path / "data", "--logs-dir", tmp_path / "logs",
-                     "--epochs", "1", "--image-size", "32")
+                     "--epochs", "1", "--image-size", "32", "--val-split", "0")
     assert_one_line_error(result, str(tmp_path / "data" / "train" / "b"), "has no readable images")
     assert f"{damaged} is truncated or corrupt" in result.stderr
 

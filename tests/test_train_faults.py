@@ -59,7 +59,7 @@ DRIVER = textwrap.dedent("""
     class FillDisk(keras.callbacks.Callback):
         def on_epoch_begin(self, index, logs=None):
             if index + 1 == epoch:
-                with open(filler, "wb") as f:
+                with open(filler, "wb", buffering=0) as f:  # unbuffered: closing has nothing left to write
                     try:
                         while True:
                             f.write(bytes(1 << 16))

@@ -707,7 +707,8 @@ def _augment(images, seed, augmentation):
 
 
 def make_dataset(split_dir, image_size, batch_size, class_names=None, training=False,
-                 augmentation=None, shuffle=None, seed=None, cache=False, crop_fraction=None, files=None):
+                 augmentation=None, shuffle=None, seed=None, cache=False, crop_fraction=None, files=None,
+                 shard=None, drop_remainder=False):
     """A `tf.data` pipeline over one split, like `flow_from_directory`.
 
     Args:
@@ -727,6 +728,15 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         files: only these image paths below `split_dir` (e.g. one side of
             `dataset_splits`), default all; labels still come from their
             class folders.
+        shard: `(num_shards, index)`: only shard `index` of `num_shards`
+            equal, contiguous parts of every batch (one worker's part of each
+            global batch), chosen from the epoch's shuffled file list before
+            decoding (after the cache, with `cache`). With the same `seed`,
+            the shards of an epoch together form the unsharded batches, each
+            image in one shard; batches hold `batch_size // num_shards`
+            images, and each shard draws its own augmentation.
+        drop_remainder: leave out the images of a last, smaller batch of an
+            epoch, before decoding them.
 
     Returns:
         `(dataset, class_names, count)`: batches of (float32 images
@@ -745,6 +755,20 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         shuffle = training
     if training and augmentation is None:
         augmentation = Augmentation()
+    num_shards, shard_index = shard or (1, 0)
+    if not 0 <= shard_index < num_shards or batch_size % num_shards:
+        raise ValueError(f"shard {shard} is not (num_shards, index) with 0 <= index < num_shards and "
+                         f"num_shards dividing the batch size {batch_size}.")
+    shard_batch = batch_size // num_shards
+    kept_count = count - count % batch_size if drop_remainder else count
+
+    def kept(position):  # on numpy arrays and tensors alike
+        return (position < kept_count) & (position % batch_size // shard_batch == shard_index)
+
+    def keep_shard(data):
+        if shard is None and not drop_remainder:
+            return data
+        return data.enumerate().filter(lambda position, _: kept(position)).map(lambda _, element: element)
 
     def load(path, decoder, label):
         return _load(path, decoder, size, crop_fraction), tf.one_hot(label, len(class_names))
@@ -752,18 +776,24 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
     data = tf.data.Dataset.from_tensor_slices((paths, decoders, labels))
     if shuffle and not cache:
         data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if not cache:
+        data = keep_shard(data)
+    decoded = count if cache else int(np.count_nonzero(kept(np.arange(count))))
     # The scan decoded every file; one that fails now was changed since. It is
     # dropped (TensorFlow logs the error) and the epoch filled up from the next
     # pass, so an epoch never fails and keeps its length.
     data = (data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-            .ignore_errors(log_warning=True).repeat().take(count))
+            .ignore_errors(log_warning=True).repeat().take(decoded))
     if cache:
         data = data.cache()
         if shuffle:
             data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size)
+        data = keep_shard(data)
+    data = data.batch(shard_batch, drop_remainder=drop_remainder)
     if training and not augmentation.is_identity():
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        if shard is not None:  # the shards' transforms differ
+            seeds = seeds.map(lambda pair: tf.random.experimental.stateless_fold_in(pair, shard_index))
         data = tf.data.Dataset.zip(data, seeds).map(
             lambda batch, batch_seed: (_augment(batch[0], batch_seed, augmentation), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE)

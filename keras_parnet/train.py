@@ -40,6 +40,13 @@ DEFAULTS = {
     "freeze_epochs": 0,
     "fine_tune_lr": None,
     "class_weight": None,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "schedule": "exp",
+    "warmup_epochs": 0,
+    "label_smoothing": 0.0,
+    "ema": None,
 }
 # The embedded demo trains in a few minutes on a CPU.
 DEMO_SETTINGS = {

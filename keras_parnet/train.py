@@ -63,6 +63,10 @@ DEFAULT_SPLIT_SEED = 0
 ARCHITECTURE_SETTINGS = ("model", "widths", "image_size", "small_input", "activation")
 # With --freeze-epochs and no --fine-tune-lr, the whole network trains at --lr divided by this.
 FINE_TUNE_LR_DIVISOR = 10
+# "optimizer": Keras' Adam, SGD with momentum, SGD with Nesterov momentum (timm's "sgd"), AdamW.
+OPTIMIZERS = ("adam", "sgd", "nesterov", "adamw")
+# "schedule": `lr_decay` per epoch, or a cosine over the epochs after `warmup_epochs`.
+SCHEDULES = ("exp", "cosine")
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +211,38 @@ def describe_validation(record):
     return f"{record['folder']}/"
 
 
+def make_optimizer(settings, variables):
+    """The Keras optimizer `settings` name ("optimizer", "lr", "momentum",
+    "weight_decay", "ema"). Weight decay is Keras' decoupled one
+    (`w -= lr * weight_decay * w` each step) and, as in timm, spares the 1-D
+    weights among `variables` (biases, BatchNorm's scale and offset). With
+    "ema", the optimizer also keeps an exponential moving average of the
+    weights (`use_ema`, `ema_momentum` the decay)."""
+    import keras
+
+    decay = settings["weight_decay"]
+    ema = {"use_ema": True, "ema_momentum": settings["ema"]} if settings["ema"] is not None else {}
+    name = settings["optimizer"]
+    if name in ("sgd", "nesterov"):
+        optimizer = keras.optimizers.SGD(settings["lr"], momentum=settings["momentum"], nesterov=name == "nesterov",
+                                         weight_decay=decay or None, **ema)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(settings["lr"], weight_decay=decay, **ema)
+    else:
+        optimizer = keras.optimizers.Adam(settings["lr"], weight_decay=decay or None, **ema)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_list=[variable for variable in variables if len(variable.shape) <= 1])
+    return optimizer
+
+
 def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
     """The model of a run `config`, built and compiled in `strategy`'s scope
     (in mixed precision if `settings["mixed_precision"]`), starting from the
     tensors of the `weights` file that match (`models.load_matching_weights`)
-    if given. With `settings["freeze_epochs"]`, the optimizer holds state for
-    every weight and the backbone starts frozen (`callbacks.freeze_backbone`)."""
+    if given, with the optimizer of `make_optimizer` and the cross-entropy
+    loss with `settings["label_smoothing"]`. With `settings["freeze_epochs"]`,
+    the optimizer holds state for every weight and the backbone starts frozen
+    (`callbacks.freeze_backbone`)."""
     import keras
 
     from keras_parnet import distribute, runs
@@ -229,8 +259,8 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
             load_matching_weights(model, weights)
         model = distribute.prepare_model(model, strategy)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=settings["lr"]),
-            loss="categorical_crossentropy",
+            optimizer=make_optimizer(settings, model.trainable_variables),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"]),
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
@@ -244,7 +274,7 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
 
 def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentation=None, weights=None,
           strategy="auto", seed=None, cache=False, analyze=False, restore_best_weights=False,
-          tensorboard_dir=None, jit_compile=False):
+          tensorboard_dir=None, jit_compile=False, command_config=None):
     """Runs one training; returns `(run folder, trained model)`. A worker of a
     cluster that is not the chief returns `None` as its run folder.
 
@@ -274,6 +304,8 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
         restore_best_weights: end with the weights of the best epoch.
         tensorboard_dir: TensorBoard folder (default `<run>/tensorboard`).
         jit_compile: compile the training steps with XLA.
+        command_config: the command line's resolved flags, written to a new
+            run's config.json (`runs.CONFIG_FILE`).
 
     A run that fails or is interrupted before its first epoch is recorded
     leaves no run folder behind. The exception that stops training carries
@@ -346,10 +378,13 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
             model = compiled_model(config, settings, strategy, weights if chief else None, jit_compile)
             if new_run:
                 runs.save_run(run_dir, config)
+                if command_config is not None:
+                    runs.write_json(run_dir / runs.CONFIG_FILE, command_config)
             callbacks = training_callbacks(
                 scratch or run_dir, settings["lr"], settings["lr_decay"], settings["patience"],
                 restore_best_weights, tensorboard_dir if chief else None, settings["freeze_epochs"],
-                fine_tune_lr(settings))
+                fine_tune_lr(settings), settings["schedule"], settings["epochs"], settings["warmup_epochs"],
+                settings["ema"] is not None)
             if chief:
                 logger.info("Run folder: %s", run_dir)
             else:

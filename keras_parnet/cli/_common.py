@@ -165,6 +165,17 @@ def add_top_k_argument(parser_or_group, help=None):
         help=help or f"how many classes to rank (default {DEFAULT_TOP_K})")
 
 
+def add_artifact_argument(parser_or_group, help):
+    """`--artifact PATH`: an artifact written by parnet-export, used instead of
+    the run's weights (`help` says what the tool does with it)."""
+    return parser_or_group.add_argument("--artifact", metavar="PATH", help=help)
+
+
+def add_no_fuse_argument(parser_or_group, help):
+    """`--no-fuse`: the model as trained instead of its reparameterized form."""
+    return parser_or_group.add_argument("--no-fuse", action="store_true", help=help)
+
+
 def add_class_names_argument(parser_or_group, help="class names, one per line in label order"):
     return parser_or_group.add_argument("--class-names", metavar="FILE", help=help)
 

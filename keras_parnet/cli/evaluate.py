@@ -25,13 +25,12 @@ def build_parser():
     _common.add_deprecated_positional(parser, "run_dir", "RUN_DIR")
     run = _common.add_run_arguments(parser, "weights to evaluate instead of the run's best.weights.h5; "
                                     "without --run, the run.json beside FILE is used")
-    run.add_argument("--artifact", metavar="PATH",
-                     help="evaluate an artifact written by parnet-export (.keras, .tflite or .onnx file or "
-                     "SavedModel folder) with its own runtime instead of the run's Keras model, on the run's "
-                     "test split; the run is --run, else the artifact's folder when it holds a run.json, "
-                     "else the newest in --logs-dir")
-    run.add_argument("--no-fuse", action="store_true",
-                     help="evaluate the model as trained instead of its reparameterized (fused) form")
+    _common.add_artifact_argument(
+        run, "evaluate an artifact written by parnet-export (.keras, .tflite or .onnx file or "
+             "SavedModel folder) with its own runtime instead of the run's Keras model, on the run's "
+             "test split; the run is --run, else the artifact's folder when it holds a run.json, "
+             "else the newest in --logs-dir")
+    _common.add_no_fuse_argument(run, "evaluate the model as trained instead of its reparameterized (fused) form")
     _common.add_dataset_argument(parser, "a dataset folder holding test/<class>/ (default: the run's)")
     _common.add_top_k_argument(parser, "k of the top-k accuracy (default 5; left out when not below the "
                                "class count)")

@@ -206,14 +206,14 @@ def build_parser():
     _common.deprecated(model, "--classes", "--class-names", metavar="FILE")
     _common.add_architecture_arguments(model, "the run's")
     _common.add_image_size_argument(model, "square input size (default: the run's)")
-    model.add_argument("--no-fuse", action="store_true",
-                       help="predict with the trained (unfused) model instead of its folded "
-                       "inference form; the outputs agree within 1e-4")
-    run.add_argument("--artifact", metavar="PATH",
-                     help="classify with an exported artifact (parnet-export): a .keras, .tflite or .onnx "
-                     "file or a SavedModel folder, instead of the run's weights; the run (--run, else the "
-                     "artifact's folder when it holds a run.json, else the newest in --logs-dir) gives the "
-                     "class names and image size, checked against the labels.txt beside the artifact")
+    _common.add_no_fuse_argument(
+        model, "predict with the trained (unfused) model instead of its folded "
+             "inference form; the outputs agree within 1e-4")
+    _common.add_artifact_argument(
+        run, "classify with an exported artifact (parnet-export): a .keras, .tflite or .onnx "
+             "file or a SavedModel folder, instead of the run's weights; the run (--run, else the "
+             "artifact's folder when it holds a run.json, else the newest in --logs-dir) gives the "
+             "class names and image size, checked against the labels.txt beside the artifact")
     out = parser.add_argument_group("output")
     _common.add_top_k_argument(out, f"classes printed per image at the prompt (default {_common.DEFAULT_TOP_K})")
     _common.add_batch_size_argument(out, BATCH_SIZE)

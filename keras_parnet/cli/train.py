@@ -9,6 +9,9 @@ non-faces) trains with small settings in a few minutes on a CPU. The
 training itself: `keras_parnet.train`.
 """
 
+import argparse
+import difflib
+import json
 import sys
 from pathlib import Path
 
@@ -19,12 +22,18 @@ ARCHITECTURE_FLAGS = {"model": "--model", "widths": "--widths", "image_size": "-
                       "activation": "--activation",
                       "small_input": "--small-input"}
 AUGMENTATION_FLAGS = ("rotation", "width_shift", "height_shift", "shear", "zoom", "fill_mode")
+# Flags that pick the run folder rather than what trains: config.json leaves
+# them out (a run trained again from it gets its own folder), and --resume
+# and --config cannot be set in a config file.
+RUN_CONTROL_FLAGS = ("resume", "config", "run_name", "tensorboard_dir")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def build_parser():
     # The library module imports TensorFlow only when it trains.
+    from keras_parnet.recipes import RECIPES
     from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, FINE_TUNE_LR_DIVISOR, \
-        MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+        MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, OPTIMIZERS, SCHEDULES
 
     parser = _common.make_parser(
         TOOL, "Train ParNet on dataset/<name>/{train,val,test}/<class>/ images (val/ optional). With no arguments and no "
@@ -82,13 +91,46 @@ def build_parser():
         "train or convert), whose architecture and preprocessing the new run takes; every tensor that matches "
         "by name and shape loads, and a classifier of another class count starts afresh")
 
+    recipe = parser.add_argument_group("recipe and config file")
+    recipe.add_argument("--recipe", choices=tuple(RECIPES),
+                        help="a set of training settings: 'original' (the default: Adam, x0.95 per epoch) or "
+                        "'paper' (the official ParNet-S ImageNet command: Nesterov SGD, cosine, label smoothing, "
+                        "EMA, RandAugment, random erasing, 120 epochs of 128 images per replica at 224 px); "
+                        "the demo's sizes and epochs, --config and flags override it")
+    recipe.add_argument("--config", metavar="FILE",
+                        help="a .json or .yaml file of flag names with _ for - and their values (e.g. lr: 0.01), "
+                        "above --recipe and below flags given; a run's <run>/config.json trains it again")
+
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=_common.positive_int, metavar="N",
                      help=f"epochs (default {DEFAULTS['epochs']}, demo {DEMO_SETTINGS['epochs']})")
+    fit.add_argument("--optimizer", choices=OPTIMIZERS,
+                     help="Keras optimizer: adam, sgd (with --momentum), nesterov (SGD with Nesterov momentum, "
+                     f"timm's 'sgd') or adamw (default {DEFAULTS['optimizer']})")
     fit.add_argument("--lr", type=_common.positive_float, metavar="RATE",
-                     help=f"Adam learning rate of epoch 1 (default {DEFAULTS['lr']:g})")
+                     help=f"learning rate of epoch 1, or of the first after --warmup-epochs (default "
+                     f"{DEFAULTS['lr']:g})")
+    fit.add_argument("--schedule", choices=SCHEDULES,
+                     help="learning rate per epoch: exp multiplies it by --lr-decay each epoch, cosine follows "
+                     "half a cosine from --lr towards 0 over the epochs after --warmup-epochs (default "
+                     f"{DEFAULTS['schedule']})")
     fit.add_argument("--lr-decay", type=_common.positive_float, metavar="FACTOR",
-                     help=f"learning rate factor per epoch, at most 1 (default {DEFAULTS['lr_decay']:g})")
+                     help=f"with --schedule exp, learning rate factor per epoch, at most 1 (default "
+                     f"{DEFAULTS['lr_decay']:g})")
+    fit.add_argument("--warmup-epochs", type=_common.non_negative_int, metavar="N",
+                     help="with --schedule cosine, raise the learning rate linearly over the first N epochs, "
+                     "epoch k at --lr * (k+1)/(N+1) (default 0)")
+    fit.add_argument("--momentum", type=_common.fraction_below_one, metavar="M",
+                     help=f"momentum of --optimizer sgd and nesterov (default {DEFAULTS['momentum']:g})")
+    fit.add_argument("--weight-decay", type=_common.non_negative_float, metavar="RATE",
+                     help="decoupled weight decay, each step w -= lr * RATE * w, biases and BatchNorm spared "
+                     "(default 0)")
+    fit.add_argument("--label-smoothing", type=_common.fraction_below_one, metavar="EPSILON",
+                     help="train on labels (1 - EPSILON) * one-hot + EPSILON / classes (default 0)")
+    fit.add_argument("--ema", type=_common.fraction_below_one, nargs="?", const=0.9999, metavar="DECAY",
+                     help="keep an exponential moving average of the weights, each step average = DECAY * "
+                     "average + (1 - DECAY) * weights (default DECAY 0.9999, about the last 10,000 steps); "
+                     "validation, checkpoints, best.weights.h5 and evaluate use the average")
     fit.add_argument("--patience", type=_common.non_negative_int, metavar="EPOCHS",
                      help=f"early stopping patience on val_loss (default {DEFAULTS['patience']})")
     fit.add_argument("--freeze-epochs", type=_common.non_negative_int, metavar="N",
@@ -139,6 +181,10 @@ def check_flags(args, parser):
         parser.error("argument --fine-tune-lr: it applies after --freeze-epochs: pass --freeze-epochs N too")
     if args.dropout is not None and args.dropout == 1:
         parser.error("argument --dropout: 1 drops every feature: pass a fraction below 1")
+    for flag in ("recipe", "config"):
+        if args.resume and getattr(args, flag):
+            parser.error(f"argument --{flag}: a resumed run keeps the settings it started with: drop --{flag} "
+                         "(flags given with --resume still change single settings)")
 
 
 def augmentation_from_args(args):
@@ -167,9 +213,12 @@ def _as_flag(flag, value):
 
 def resolve_settings(args):
     """`(settings, run folder to resume or None)`. The settings merge, lowest
-    first: the defaults, the demo settings (when training on the demo) or a
-    resumed run's settings, then the flags given. A resumed run's
-    architecture flags and --val-split cannot change."""
+    first: the defaults, the --recipe's settings, the demo settings (when
+    training on the demo), then the flags given (those of a --config file
+    included, see `parse_flags`); a resumed run's settings replace all but the
+    flags given. A resumed run's architecture flags and --val-split cannot
+    change."""
+    from keras_parnet.recipes import RECIPES
     from keras_parnet.runs import find_latest_run, read_run
     from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, TrainError, \
         demo_dataset_dir
@@ -189,7 +238,9 @@ def resolve_settings(args):
             raise TrainError(f"{run_dir} was trained with --val-split {recorded['val_split']:g}, not "
                              f"{args.val_split:g}: its validation images are kept as recorded; drop --val-split "
                              "to resume it.")
-    elif args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir()):
+    elif args.recipe:
+        settings.update(RECIPES[args.recipe])
+    if not args.resume and (args.demo or (args.dataset is None and not Path(DEFAULT_DATASET).is_dir())):
         if not args.demo:
             print(f"{DEFAULT_DATASET} not found: training on the embedded demo dataset "
                   f"({DEMO_DATASET}, faces vs non-faces) with the demo settings.")
@@ -225,6 +276,101 @@ def start_architecture(args):
     return architecture
 
 
+def parse_flags(argv=None):
+    """The flags of `argv` (default `sys.argv[1:]`), checked: those given,
+    over the values of the --config file, over the parser's defaults."""
+    parser = build_parser()
+    config_flag = _common.make_parser(TOOL, None, add_help=False)
+    config_flag.add_argument("--config")
+    config_file = config_flag.parse_known_args(argv)[0].config
+    if config_file:
+        parser.set_defaults(**read_config(config_file, parser))
+    args = parser.parse_args(argv)
+    check_flags(args, parser)
+    return args
+
+
+def read_config(path, parser):
+    """`{flag dest: value}` of a --config file: a JSON or YAML mapping of
+    train's flag names (`_` for `-`) to values as the flags take them, `null`
+    for a flag's default. Anything else is a parser error naming the file and
+    the key."""
+    import yaml
+
+    path = Path(path)
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        parser.error(f"argument --config: {path} is not a {', '.join(CONFIG_SUFFIXES)} file")
+    try:
+        text = path.read_text()
+    except OSError as error:
+        parser.error(f"argument --config: {_common.describe_os_error(error)}")
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        parser.error(f"argument --config: {path} does not parse: {error}")
+    if not isinstance(values, dict):
+        parser.error(f"argument --config: {path} holds no mapping of flag names to values")
+    actions = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help", "resume", "config"):
+            actions.setdefault(action.dest, action)
+    config = {}
+    for key, value in values.items():
+        if key not in actions:
+            close = difflib.get_close_matches(str(key), actions, n=1)
+            hint = f"did you mean {close[0]}?" if close else "keys are train's flag names with _ for -"
+            parser.error(f"{path}: unknown key {key!r}: {hint}")
+        try:
+            config[key] = flag_value(actions[key], value)
+        except ValueError as error:
+            parser.error(f"{path}: key {key!r}: {error}")
+    return config
+
+
+def flag_value(action, value):
+    """`value` of a config file checked and converted as the flag of
+    `action` checks and converts its text on the command line.
+
+    Raises:
+        ValueError: saying what the flag takes.
+    """
+    if value is None:
+        return None
+    if action.nargs == 0:
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+        return value
+    several = action.nargs not in (None, "?")
+    items = value if isinstance(value, list) else [value]
+    if several != isinstance(value, list) or (isinstance(action.nargs, int) and len(items) != action.nargs):
+        raise ValueError(f"{value!r} is not {f'a list of {action.nargs}' if several else 'one value'}")
+    converted = []
+    for item in items:
+        if isinstance(item, (bool, list, dict)):
+            raise ValueError(f"{item!r} is not a value of {action.option_strings[0]}")
+        try:
+            item = action.type(str(item)) if action.type else str(item)
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise ValueError(str(error)) from None
+        if action.choices is not None and item not in action.choices:
+            raise ValueError(f"{item!r} is not one of {', '.join(map(str, action.choices))}")
+        converted.append(item)
+    return converted if several else converted[0]
+
+
+def resolved_flags(args, settings):
+    """The config.json of a new run: every flag's dest and the value it
+    trains with (the resolved settings, the augmentation, the other flags as
+    given), but the `RUN_CONTROL_FLAGS`."""
+    augmentation = augmentation_from_args(args)
+    config = {key: settings.get(key, value) for key, value in vars(args).items() if key not in RUN_CONTROL_FLAGS}
+    config.update({key: getattr(augmentation, key) for key in AUGMENTATION_FLAGS},
+                  brightness=list(augmentation.brightness) if augmentation.brightness else None,
+                  no_brightness=augmentation.brightness is None, no_flip=not augmentation.horizontal_flip,
+                  recipe=args.recipe or "original")
+    return config
+
+
 def train_with_flags(args):
     """Runs the training the parsed flags describe; returns what
     `keras_parnet.train.train` returns."""
@@ -235,7 +381,7 @@ def train_with_flags(args):
         return train.train(
             settings, args.logs_dir, args.run_name, run_dir, augmentation_from_args(args), args.weights,
             args.strategy, args.seed, args.cache, args.analyze, args.restore_best_weights,
-            args.tensorboard_dir, args.jit_compile)
+            args.tensorboard_dir, args.jit_compile, None if run_dir else resolved_flags(args, settings))
     except BaseException as error:
         raise stopped_training(error, settings) from None
 
@@ -264,9 +410,7 @@ def stopped_training(error, settings):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_flags(args, parser)
+    args = parse_flags(argv)
     _common.quiet_tensorflow()
     from keras_parnet.data import DatasetError
     from keras_parnet.runs import RunError

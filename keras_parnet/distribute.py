@@ -13,9 +13,17 @@ replica), so a step's global batch is `batch_size * num_replicas_in_sync`.
 
 In a cluster the chief (task "chief", else worker 0) writes the run folder;
 the other workers write the same files into temporary folders removed at the
-end. Every worker reads the whole dataset in the same shuffled order and keeps
-its own part of each global batch (auto-shard policy DATA), so the images of a
-step, and their random augmentations, differ from worker to worker.
+end. Every worker shuffles the file list in the same order (a seed shared by
+the chief), takes its own contiguous part of each global batch and decodes
+and augments only those images (`per_worker_datasets`), so a step's global
+batch holds the images one device would train on with that seed, each image
+once per epoch.
+
+BatchNormalization normalizes with the statistics of the global batch
+(synchronized across replicas) unless `prepare_model` is told otherwise
+(`train.py --no-sync-bn`): per-replica statistics save one all-reduce per
+BatchNormalization layer and step, which between machines costs far more
+than the layer itself.
 """
 
 import contextlib
@@ -165,9 +173,9 @@ def broadcast_from_chief(strategy, values):
 def shared_seed(strategy, seed=None):
     """`seed`, or in a cluster a random seed drawn by the chief.
 
-    The workers must shuffle alike: DATA sharding gives each worker its part
-    of one common order (different orders would repeat some images and skip
-    others within an epoch).
+    The workers must shuffle alike: each takes its part of one common order
+    (different orders would repeat some images and skip others within an
+    epoch).
     """
     if seed is not None or worker_count(strategy) == 1:
         return seed
@@ -176,11 +184,29 @@ def shared_seed(strategy, seed=None):
 
 
 def shard_by_data(dataset):
-    """`dataset` set to be split across workers element by element (the
-    images are listed in memory, not in files that workers could split)."""
+    """`dataset` set to be split element by element (the images are listed in
+    memory, not in files that could be split). Used on one machine, where this
+    policy splits a smaller last batch evenly across the replicas (with
+    sharding OFF, a 2-image batch reached two replicas as 2 + 0 images, which
+    Keras' build from the first batch cannot average)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def per_worker_datasets(strategy, make_dataset, global_batch, drop_remainder):
+    """A distributed dataset whose workers each read only their shard:
+    `make_dataset(shard=(number of workers, this worker's index))` must give
+    this worker's part of every global batch of `global_batch` images; each
+    worker splits its part into its replicas' batches. `tf.distribute` then
+    shards nothing more (`distribute_datasets_from_function`), and a worker
+    left without images in a last batch steps with an empty one."""
+
+    def dataset_fn(context):
+        dataset = make_dataset(shard=(context.num_input_pipelines, context.input_pipeline_id))
+        return dataset.rebatch(context.get_per_replica_batch_size(global_batch), drop_remainder=drop_remainder)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def mixed_precision_policy():
@@ -223,20 +249,22 @@ class MultiWorkerModel(compat.SymbolicBuildHook):
         return {name: tf.reshape(value, [1]) for name, value in results.items()}
 
 
-def prepare_model(model, strategy):
+def prepare_model(model, strategy, sync_bn=True):
     """`model` set up for `fit` under `strategy`; call it in `strategy.scope()`.
 
-    With several replicas, BatchNormalization normalizes with the statistics of
-    the global batch (`synchronized`): otherwise each replica would update its
-    own moving statistics (Keras creates them without an aggregation), so the
-    replicas' copies would drift apart and training would differ from one
-    device with the same global batch. With several workers, the model is
-    wrapped in a `MultiWorkerModel`.
+    With several replicas and `sync_bn`, BatchNormalization normalizes with the
+    statistics of the global batch (`synchronized`), so that training equals
+    one device's with the same global batch. Without, each replica normalizes
+    with its own part's statistics and updates its own copy of the moving
+    statistics (Keras creates them without an aggregation): the copies drift
+    apart, each replica validates with its own, and the chief saves its first
+    replica's (estimated from that replica's images only). With several
+    workers, the model is wrapped in a `MultiWorkerModel`.
 
     Returns:
         The model to compile and fit (sharing `model`'s layers and weights).
     """
-    if strategy.num_replicas_in_sync > 1:
+    if sync_bn and strategy.num_replicas_in_sync > 1:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True

@@ -47,6 +47,11 @@ DEFAULTS = {
     "warmup_epochs": 0,
     "label_smoothing": 0.0,
     "ema": None,
+    "randaugment": None,
+    "random_erasing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "sync_bn": True,
 }
 # The embedded demo trains in a few minutes on a CPU.
 DEMO_SETTINGS = {
@@ -168,38 +173,71 @@ def enable_gpu_memory_growth():
 
 
 def distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy, seed=None, cache=False,
-                         splits=None, crop_fraction=None):
-    """`(train, validation)` datasets in global batches of `strategy`, set up
-    to be split across its replicas, over the `(train paths, validation paths,
-    record)` of `data.dataset_splits`, decoded with the run's `crop_fraction`
-    (converted runs' center crop)."""
+                         splits=None, crop_fraction=None, class_weight=None):
+    """`(train, validation)` datasets for `fit` under `strategy`, over the
+    `(train paths, validation paths, record)` of `data.dataset_splits`, decoded
+    with the run's `crop_fraction` (converted runs' center crop), each training
+    image's loss weighed by `class_weight[label]` when given.
+
+    A step's global batch is `batch_size` images per replica. In a cluster
+    every worker takes its own contiguous part of each global batch from the
+    common shuffled file list and decodes only those images
+    (`data.make_dataset(shard=...)`), batched per replica by
+    `distribute_datasets_from_function` (no auto-sharding). Validation is
+    sharded alike: each image is evaluated once, on one worker, and the
+    metrics' totals and counts are summed across workers, so the validation
+    loss and accuracy are those of the whole validation split.
+    """
     from keras_parnet import data, distribute
 
     train_files, val_files, record = splits
     replicas = strategy.num_replicas_in_sync
     global_batch = settings["batch_size"] * replicas
-    train_data, _, train_count = data.make_dataset(
-        dataset_dir / "train", settings["image_size"], global_batch, class_names, training=True,
-        augmentation=augmentation, seed=distribute.shared_seed(strategy, seed), cache=cache, files=train_files,
-        crop_fraction=crop_fraction)
-    test_data, _, val_count = data.make_dataset(
-        dataset_dir / record["folder"], settings["image_size"], global_batch, class_names, cache=cache,
-        files=val_files, crop_fraction=crop_fraction)
-    logger.info("%d training and %d validation images (%s) in %d classes: %s", train_count, val_count,
+    # Keras gives every replica's mean loss the same weight, so the images of a
+    # smaller last batch, split unevenly across replicas, would count more than others.
+    drop_remainder = replicas > 1
+    train_seed = distribute.shared_seed(strategy, seed)
+    counts = {}
+
+    def train_dataset(shard=None):
+        dataset, _, counts["train"] = data.make_dataset(
+            dataset_dir / "train", settings["image_size"], global_batch, class_names, training=True,
+            augmentation=augmentation, seed=train_seed, cache=cache, files=train_files,
+            crop_fraction=crop_fraction, shard=shard, drop_remainder=drop_remainder)
+        return with_class_weight(dataset, class_weight) if class_weight else dataset
+
+    def val_dataset(shard=None):
+        dataset, _, counts["val"] = data.make_dataset(
+            dataset_dir / record["folder"], settings["image_size"], global_batch, class_names, cache=cache,
+            files=val_files, crop_fraction=crop_fraction, shard=shard)
+        return dataset
+
+    if distribute.worker_count(strategy) > 1:
+        train_data, val_data = (distribute.per_worker_datasets(strategy, make, global_batch, remainder)
+                                for make, remainder in ((train_dataset, drop_remainder), (val_dataset, False)))
+    else:
+        train_data, val_data = train_dataset(), val_dataset()
+        if replicas > 1:
+            train_data, val_data = distribute.shard_by_data(train_data), distribute.shard_by_data(val_data)
+    logger.info("%d training and %d validation images (%s) in %d classes: %s", counts["train"], counts["val"],
                 describe_validation(record), len(class_names), ", ".join(class_names))
-    steps = math.ceil(train_count / global_batch)
-    if replicas > 1:
-        # Keras gives every replica's mean loss the same weight, so the images of
-        # a smaller last batch, split unevenly, would count more than others.
-        steps = train_count // global_batch
-        if steps == 0:
-            raise TrainError(f"{train_count} training images do not fill one step of {global_batch} images "
-                             f"({settings['batch_size']} per replica x {replicas} replicas): lower --batch-size.")
-        train_data = distribute.shard_by_data(train_data.take(steps))
-        test_data = distribute.shard_by_data(test_data)
+    steps = counts["train"] // global_batch if drop_remainder else math.ceil(counts["train"] / global_batch)
+    if steps == 0:
+        raise TrainError(f"{counts['train']} training images do not fill one step of {global_batch} images "
+                         f"({settings['batch_size']} per replica x {replicas} replicas): lower --batch-size.")
     logger.info("Training on %s: batch size %d per replica, %d global, %d steps per epoch",
                 distribute.describe(strategy), settings["batch_size"], global_batch, steps)
-    return train_data, test_data
+    return train_data, val_data
+
+
+def with_class_weight(dataset, class_weight):
+    """`dataset`'s `(images, one-hot labels)` batches with a third element, the
+    sample weights `class_weight[label]`, as `fit(class_weight=...)` adds them
+    (which `fit` cannot do to a dataset already distributed across workers)."""
+    import tensorflow as tf
+
+    weights = tf.constant([class_weight[label] for label in range(len(class_weight))], tf.float32)
+    return dataset.map(lambda images, labels: (images, labels, tf.gather(weights, tf.argmax(labels, axis=-1))))
 
 
 def describe_validation(record):
@@ -257,7 +295,7 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
             model = runs.build_model(config)
         if weights:
             load_matching_weights(model, weights)
-        model = distribute.prepare_model(model, strategy)
+        model = distribute.prepare_model(model, strategy, settings["sync_bn"])
         model.compile(
             optimizer=make_optimizer(settings, model.trainable_variables),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"]),
@@ -339,13 +377,14 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
         preprocessing = runs.read_run(run_dir)["preprocessing"]
     else:
         preprocessing = dict((start_config or {}).get("preprocessing", runs.DEFAULT_PREPROCESSING))
-    train_data, val_data = distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy,
-                                                seed, cache, splits, preprocessing.get("crop_fraction"))
     class_weight = None
     if settings["class_weight"] == "balanced":
         class_weight = balanced_class_weights(splits[0], class_names)
         logger.info("Class weights (balanced): %s", ", ".join(
             f"{name} {class_weight[label]:.3f}" for label, name in enumerate(class_names)))
+    train_data, val_data = distributed_datasets(settings, dataset_dir, class_names, augmentation, strategy,
+                                                seed, cache, splits, preprocessing.get("crop_fraction"),
+                                                class_weight)
     if run_dir is None and chief:  # after the dataset's checks: a bad dataset leaves no logs folder
         output_dir(logs_dir, "--logs-dir")
 
@@ -392,7 +431,7 @@ def train(settings, logs_dir="logs", run_name=None, resume_dir=None, augmentatio
                             scratch)
             # The datasets shuffle themselves; fit's own shuffle does not apply to them.
             history = model.fit(train_data, validation_data=val_data, epochs=settings["epochs"],
-                                callbacks=callbacks, shuffle=False, class_weight=class_weight)
+                                callbacks=callbacks, shuffle=False)
         except BaseException as error:
             kept = not created or (run_dir / HISTORY_FILE).exists()
             if not kept:

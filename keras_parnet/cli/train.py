@@ -156,6 +156,11 @@ def build_parser():
                        "the classifier output in float32")
     scale.add_argument("--jit-compile", action="store_true",
                        help="compile training steps with XLA (faster on GPU, about 4x slower on CPU)")
+    scale.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
+                       help="with several replicas, BatchNorm normalizes each replica's part of the batch with "
+                       "its own statistics and keeps its own moving statistics (the chief saves its own), "
+                       "instead of the global batch's: no all-reduce per layer and step, which between "
+                       "machines costs more than the layer (kept by --resume)")
 
     run = parser.add_argument_group("run folder")
     _common.add_logs_dir_argument(run, f"{_common.LOGS_DIR_HELP}; new runs go here")

@@ -255,7 +255,6 @@ def load_predictor(run=None, weights=None, logs_dir="logs", fuse=True, **overrid
             or class list, with what to pass instead.
     """
     from keras_parnet import runs
-    from keras_parnet.models import load_weights_file
 
     config, weights = _run_config(run, weights, logs_dir)
     config = architecture_overrides(config, **overrides)
@@ -271,13 +270,7 @@ def load_predictor(run=None, weights=None, logs_dir="logs", fuse=True, **overrid
         model = _load_full_model(weights, config)
     else:
         config.setdefault("image_size", [DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])
-        model = runs.build_model(config)
-        try:
-            load_weights_file(model, weights)
-        except (FileNotFoundError, ValueError) as error:
-            raise runs.RunError(
-                f"{error} (the class list names {len(config['class_names'])} classes)"
-            ) from None
+        model = runs.build_model_with_weights(config, weights)
     if model.output_shape[-1] != len(config["class_names"]):
         raise PredictError(
             f"the model in {weights} has {model.output_shape[-1]} outputs but the class list "

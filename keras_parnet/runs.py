@@ -5,6 +5,8 @@
                           label order, preprocessing, training settings, the
                           validation split (`validation`, see
                           `keras_parnet.data.dataset_splits`), versions, command line
+      config.json         the train command's resolved flags (`parnet-train
+                          --config` takes it back to train the run again)
       best.weights.h5     best epoch (lowest val_loss on the validation images)
       ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.weights.h5
       history.csv, tensorboard/, backup/ (resume state while a run is unfinished)
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "best.weights.h5"
 # Pixels scaled to [0, 1], what train.py feeds the network.
 DEFAULT_PREPROCESSING = {"rescale": 1 / 255}
@@ -100,12 +103,17 @@ def run_config(model_name, model_kwargs, image_size, class_names, preprocessing=
 def save_run(run_dir, config):
     """Writes `config` to `run_dir/run.json` atomically (creating the
     folder if needed) and returns it."""
-    from keras_parnet.files import write_atomically
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / RUN_FILE, lambda temporary: temporary.write_text(json.dumps(config, indent=2) + "\n"))
+    write_json(run_dir / RUN_FILE, config)
     return config
+
+
+def write_json(path, value):
+    """Writes `value` to `path` as indented JSON, atomically."""
+    from keras_parnet.files import write_atomically
+
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2) + "\n"))
 
 
 def read_run(run_dir):
@@ -228,8 +236,6 @@ def load_run(path=None, weights=None, logs_dir="logs", include_preprocessing=Tru
         RunError: missing or inconsistent run folder or weights, including a
             class count that differs between weights and `run.json`.
     """
-    from keras_parnet.models import load_weights_file
-
     run_dir, run_weights = resolve_run(path, logs_dir)
     config = read_run(run_dir)
     config["run_dir"] = str(run_dir)
@@ -239,12 +245,24 @@ def load_run(path=None, weights=None, logs_dir="logs", include_preprocessing=Tru
             f"{weights} not found: the run has not finished an epoch; train on with "
             f"`python train.py --resume {run_dir}`, or name another run."
         )
+    model = build_model_with_weights(config, weights, include_preprocessing)
+    config["weights"] = str(weights)
+    return model, config
+
+
+def build_model_with_weights(config, weights, include_preprocessing=True):
+    """`build_model(config, include_preprocessing)` with the `weights` file
+    loaded (`.weights.h5`, legacy `.h5` or `.keras`).
+
+    Raises:
+        RunError: a missing file, or weights of another architecture or
+            class count than `config`.
+    """
+    from keras_parnet.models import load_weights_file
+
     model = build_model(config, include_preprocessing)
     try:
         load_weights_file(model, weights)
     except (FileNotFoundError, ValueError) as error:
-        raise RunError(
-            f"{error} (run.json lists {len(config['class_names'])} classes)"
-        ) from None
-    config["weights"] = str(weights)
-    return model, config
+        raise RunError(f"{error} (the class list names {len(config['class_names'])} classes)") from None
+    return model

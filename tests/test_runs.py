@@ -50,7 +50,7 @@ def test_class_count_mismatch_is_reported(tmp_path):
     config = write_tiny_run(run_dir)
     runs.build_model(config).save_weights(run_dir / runs.BEST_WEIGHTS)
     write_tiny_run(run_dir, classes=CLASSES + ["extra"])
-    with pytest.raises(runs.RunError, match="run.json lists 4 classes"):
+    with pytest.raises(runs.RunError, match="class list names 4 classes"):
         runs.load_run(run_dir)
 
 

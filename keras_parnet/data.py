@@ -12,7 +12,8 @@ The path of one image, shared by training, evaluation and prediction:
     file -> decode to RGB (first frame; grayscale, RGBA, CMYK, palette and
     16-bit files too) -> resize to the model size with nearest-neighbour
     sampling (ImageDataGenerator's default) -> float32 pixels in [0, 255]
-    -> [training only: one fused geometric transform, then brightness]
+    -> [training only: one fused geometric transform, then brightness; if
+    asked, RandAugment and random erasing per image, MixUp or CutMix per batch]
     -> the model, whose first layers scale (and normalize) them
 
 JPEG, PNG and 24/32-bit BMP files are decoded by TensorFlow (JPEG with the
@@ -36,12 +37,14 @@ import struct
 import warnings
 from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from keras_parnet.preprocessing import resize_like_run
 from keras_parnet.runs import image_size_pair
+from keras_parnet.train import RANDAUGMENT_MAGNITUDES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
@@ -703,12 +706,125 @@ def _augment(images, seed, augmentation):
     return images
 
 
+
+# --- timm's recipe: RandAugment, random erasing, MixUp and CutMix with Keras' layers -----------
+#
+# Where Keras' layers differ from timm's (the paper's --aa rand-m9-mstd0.5 --reprob P --remode pixel):
+# - RandAugment(value_range=(0, 255), num_ops=2, factor=M / 10) applies 2 of 11 operations to every image
+#   (timm: of 15, with invert and solarize-add, each applied with probability 0.5), each at a strength drawn
+#   from [0, M/10] of Keras' range (timm: M/10, M jittered by mstd 0.5, of its own range). Keras' geometric
+#   ranges are wider: at M 9 rotation up to 324 degrees and translation up to 90% of the size, one way (timm:
+#   +-27 degrees and +-40%).
+# - RandomErasing fills a box whose sides are sqrt(U(0.02, 0.33)) of the image's (timm: area U(0.02, 1/3),
+#   log-uniform aspect 0.3-3.3) with per-pixel noise N(0, 1) in 0-1 units clipped to [0, 1] (timm: N(0, 1)
+#   in the normalized input, unclipped: the same before clipping for models that only rescale).
+# - MixUp draws a weight per image and mixes with a random permutation of the batch (timm: one weight per
+#   batch, the batch mixed with its reverse); CutMix alike, its box inside the image, alpha at most 1.
+
+
+def _recipe_layers(randaugment, random_erasing, mixup, cutmix):
+    """`{setting name: Keras layer}` for those of `make_dataset`'s
+    `randaugment`, `random_erasing`, `mixup` and `cutmix` that are on."""
+    if randaugment is not None and not 0 <= randaugment <= RANDAUGMENT_MAGNITUDES:
+        raise ValueError(f"randaugment must be a magnitude in [0, {RANDAUGMENT_MAGNITUDES}] (timm's rand-m9 is 9) "
+                         f"or None, got {randaugment}.")
+    if not 0 <= random_erasing <= 1:
+        raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing}.")
+    if not (math.isfinite(mixup) and mixup >= 0):
+        raise ValueError(f"mixup must be a Beta distribution alpha of 0 (off) or more, got {mixup}.")
+    if not 0 <= cutmix <= 1:
+        raise ValueError(f"cutmix must be a Beta distribution alpha in [0, 1] (keras.layers.CutMix's range), "
+                         f"got {cutmix}.")
+    layers = {}
+    if randaugment is not None:
+        layers["randaugment"] = keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=2, factor=randaugment / RANDAUGMENT_MAGNITUDES, dtype="float32")
+    if random_erasing:
+        # A single number p would draw each batch's erasing probability from [0, p].
+        layers["random_erasing"] = keras.layers.RandomErasing(
+            factor=(random_erasing, random_erasing), value_range=(0, 255), dtype="float32")
+    if mixup:
+        layers["mixup"] = keras.layers.MixUp(alpha=mixup, dtype="float32")
+    if cutmix:
+        # A single number a would draw each batch's alpha from [0, a].
+        layers["cutmix"] = keras.layers.CutMix(factor=(cutmix, cutmix), dtype="float32")
+    return layers
+
+
+def _seeded(layer, seed):
+    """A scope in which a Keras preprocessing layer draws its random numbers
+    from the `(2,)` integer tensor `seed` instead of its state variable, which
+    the parallel calls of a `tf.data` map would share in no set order."""
+    return keras.StatelessScope(state_mapping=[(layer.generator.state, seed)])
+
+
+def _randaugment(images, seed, layer):
+    """`keras.layers.RandAugment` with each image's own operations (the layer
+    picks them once per call)."""
+    seeds = tf.random.experimental.stateless_split(seed, tf.shape(images)[0])
+
+    def one_image(image_and_seed):
+        image, image_seed = image_and_seed
+        with _seeded(layer, image_seed):
+            return layer(image)
+
+    return tf.map_fn(one_image, (images, seeds), fn_output_signature=images.dtype)
+
+
+def _mix(images, labels, seed, layers):
+    """MixUp or CutMix of a batch and its one-hot labels with a permutation of
+    them; with both layers, one of the two per batch (timm's switch
+    probability 0.5)."""
+    choice_seed, mixup_seed, cutmix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+    def mixup():
+        with _seeded(layers["mixup"], mixup_seed):
+            mixed = layers["mixup"]({"images": images, "labels": labels})
+        return mixed["images"], mixed["labels"]
+
+    def cutmix():
+        layer = layers["cutmix"]
+        with _seeded(layer, cutmix_seed):
+            transformation = layer.get_random_transformation(images)
+        # The labels weigh the pixels pasted, not the real-valued box they
+        # stand for (as timm's correct_lam): up to a pixel a side apart.
+        pasted = tf.reduce_mean(tf.cast(transformation["batch_masks"][..., 0], tf.float32), axis=[1, 2])
+        transformation["mix_weight"] = 1.0 - pasted
+        return layer.transform_images(images, transformation), layer.transform_labels(labels, transformation)
+
+    if "mixup" in layers and "cutmix" in layers:
+        return tf.cond(tf.random.stateless_uniform([], choice_seed) < 0.5, mixup, cutmix)
+    return mixup() if "mixup" in layers else cutmix()
+
+
+def _augment_batch(images, labels, seed, augmentation, layers):
+    """A training batch -> the same, augmented in timm's order: `augmentation`
+    (`_augment`), then per image RandAugment and random erasing, then MixUp
+    or CutMix of the batch, for those of `layers` (`_recipe_layers`) given."""
+    if not augmentation.is_identity():
+        images = _augment(images, seed, augmentation)
+    if not layers:
+        return images, labels
+    # Drawn apart from `_augment`'s stateless_split(seed, 8), which stays as it was.
+    randaugment_seed, erasing_seed, mixing_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, 1), 3))
+    if "randaugment" in layers:
+        images = _randaugment(images, randaugment_seed, layers["randaugment"])
+    if "random_erasing" in layers:
+        with _seeded(layers["random_erasing"], erasing_seed):
+            images = layers["random_erasing"](images)
+    if "mixup" in layers or "cutmix" in layers:
+        images, labels = _mix(images, labels, mixing_seed, layers)
+    return images, labels
+
+
 # --- Datasets -------------------------------------------------------------------------------
 
 
 def make_dataset(split_dir, image_size, batch_size, class_names=None, training=False,
                  augmentation=None, shuffle=None, seed=None, cache=False, crop_fraction=None, files=None,
-                 shard=None, drop_remainder=False):
+                 shard=None, drop_remainder=False, randaugment=None, random_erasing=0.0, mixup=0.0,
+                 cutmix=0.0):
     """A `tf.data` pipeline over one split, like `flow_from_directory`.
 
     Args:
@@ -737,11 +853,23 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
             images, and each shard draws its own augmentation.
         drop_remainder: leave out the images of a last, smaller batch of an
             epoch, before decoding them.
+        randaugment: training only: `keras.layers.RandAugment` on each image
+            after `augmentation`, at this timm magnitude (0-10, factor
+            magnitude / 10, two operations), or `None`.
+        random_erasing: training only: the probability that
+            `keras.layers.RandomErasing` fills a rectangle of an image with
+            noise (after `randaugment`), 0 for none.
+        mixup: training only: the Beta alpha of `keras.layers.MixUp` of each
+            batch (images and labels), 0 for none.
+        cutmix: training only: the Beta alpha (at most 1) of
+            `keras.layers.CutMix` of each batch, 0 for none; with `mixup`
+            too, each batch gets one of the two, at even odds.
 
     Returns:
         `(dataset, class_names, count)`: batches of (float32 images
         `(batch, height, width, 3)`, pixels in [0, 255], one-hot float32 labels
-        `(batch, classes)`), the class names, and the number of images.
+        `(batch, classes)`, mixed with `mixup` or `cutmix`), the class names,
+        and the number of images.
 
     Raises:
         DatasetError: see `scan_split`.
@@ -790,11 +918,12 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
             data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         data = keep_shard(data)
     data = data.batch(shard_batch, drop_remainder=drop_remainder)
-    if training and not augmentation.is_identity():
+    layers = _recipe_layers(randaugment, random_erasing, mixup, cutmix) if training else {}
+    if training and (layers or not augmentation.is_identity()):
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         if shard is not None:  # the shards' transforms differ
             seeds = seeds.map(lambda pair: tf.random.experimental.stateless_fold_in(pair, shard_index))
         data = tf.data.Dataset.zip(data, seeds).map(
-            lambda batch, batch_seed: (_augment(batch[0], batch_seed, augmentation), batch[1]),
+            lambda batch, batch_seed: _augment_batch(*batch, batch_seed, augmentation, layers),
             num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE), class_names, count

@@ -68,6 +68,10 @@ DEFAULT_SPLIT_SEED = 0
 ARCHITECTURE_SETTINGS = ("model", "widths", "image_size", "small_input", "activation")
 # With --freeze-epochs and no --fine-tune-lr, the whole network trains at --lr divided by this.
 FINE_TUNE_LR_DIVISOR = 10
+# "randaugment" is a magnitude on timm's scale, 0 to this (rand-m9: 9).
+RANDAUGMENT_MAGNITUDES = 10
+# The augmentation settings, off (what --no-augment sets).
+AUGMENTATION_OFF = {"randaugment": None, "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0}
 # "optimizer": Keras' Adam, SGD with momentum, SGD with Nesterov momentum (timm's "sgd"), AdamW.
 OPTIMIZERS = ("adam", "sgd", "nesterov", "adamw")
 # "schedule": `lr_decay` per epoch, or a cosine over the epochs after `warmup_epochs`.
@@ -203,7 +207,9 @@ def distributed_datasets(settings, dataset_dir, class_names, augmentation, strat
         dataset, _, counts["train"] = data.make_dataset(
             dataset_dir / "train", settings["image_size"], global_batch, class_names, training=True,
             augmentation=augmentation, seed=train_seed, cache=cache, files=train_files,
-            crop_fraction=crop_fraction, shard=shard, drop_remainder=drop_remainder)
+            crop_fraction=crop_fraction, shard=shard, drop_remainder=drop_remainder,
+            randaugment=settings["randaugment"], random_erasing=settings["random_erasing"],
+            mixup=settings["mixup"], cutmix=settings["cutmix"])
         return with_class_weight(dataset, class_weight) if class_weight else dataset
 
     def val_dataset(shard=None):
@@ -233,11 +239,13 @@ def distributed_datasets(settings, dataset_dir, class_names, augmentation, strat
 def with_class_weight(dataset, class_weight):
     """`dataset`'s `(images, one-hot labels)` batches with a third element, the
     sample weights `class_weight[label]`, as `fit(class_weight=...)` adds them
-    (which `fit` cannot do to a dataset already distributed across workers)."""
+    (which `fit` cannot do to a dataset already distributed across workers).
+    Labels mixed by MixUp or CutMix weigh alike: `lam * class_weight[i] +
+    (1 - lam) * class_weight[j]`."""
     import tensorflow as tf
 
     weights = tf.constant([class_weight[label] for label in range(len(class_weight))], tf.float32)
-    return dataset.map(lambda images, labels: (images, labels, tf.gather(weights, tf.argmax(labels, axis=-1))))
+    return dataset.map(lambda images, labels: (images, labels, tf.linalg.matvec(labels, weights)))
 
 
 def describe_validation(record):

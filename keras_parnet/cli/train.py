@@ -33,7 +33,7 @@ def build_parser():
     # The library module imports TensorFlow only when it trains.
     from keras_parnet.recipes import RECIPES
     from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, FINE_TUNE_LR_DIVISOR, \
-        MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, OPTIMIZERS, SCHEDULES
+        MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, OPTIMIZERS, RANDAUGMENT_MAGNITUDES, SCHEDULES
 
     parser = _common.make_parser(
         TOOL, "Train ParNet on dataset/<name>/{train,val,test}/<class>/ images (val/ optional). With no arguments and no "
@@ -62,7 +62,9 @@ def build_parser():
                       help="random seed for shuffling, augmentation and the --val-split draw (that one 0 by default)")
 
     augment = parser.add_argument_group("augmentation (training data only)")
-    augment.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    augment.add_argument("--no-augment", action="store_true",
+                         help="switch every augmentation off, --randaugment, --random-erasing, --mixup and "
+                         "--cutmix too")
     augment.add_argument("--rotation", type=_common.non_negative_float, metavar="DEGREES",
                          help="max rotation (default 50)")
     augment.add_argument("--width-shift", type=_common.fraction, metavar="FRACTION",
@@ -79,6 +81,20 @@ def build_parser():
     augment.add_argument("--no-brightness", action="store_true", help="no brightness change")
     augment.add_argument("--fill-mode", choices=("nearest", "constant", "reflect", "wrap"),
                          help="how to fill pixels moved in by the transform (default nearest)")
+    augment.add_argument("--randaugment", type=_common.non_negative_float, metavar="M",
+                         help=f"keras.layers.RandAugment on each image at timm's magnitude M, 0 to "
+                         f"{RANDAUGMENT_MAGNITUDES} (rand-m9: 9): two operations of strength up to M/"
+                         f"{RANDAUGMENT_MAGNITUDES} (default off)")
+    augment.add_argument("--random-erasing", type=_common.fraction, metavar="PROBABILITY",
+                         help="fill a random box of each image with noise at this probability "
+                         "(keras.layers.RandomErasing; default 0: off)")
+    augment.add_argument("--mixup", type=_common.non_negative_float, metavar="ALPHA",
+                         help="blend each image and its label with another of the batch, weights drawn from "
+                         "Beta(ALPHA, ALPHA) (keras.layers.MixUp; default 0: off)")
+    augment.add_argument("--cutmix", type=_common.non_negative_float, metavar="ALPHA",
+                         help="paste a box of another image of the batch into each image, labels weighed by "
+                         "area, Beta(ALPHA, ALPHA) with ALPHA at most 1 (keras.layers.CutMix; default 0: off); "
+                         "with --mixup, each batch gets one of the two")
 
     model = parser.add_argument_group("model")
     _common.add_architecture_arguments(model, "s")
@@ -174,7 +190,7 @@ def build_parser():
 
 def check_flags(args, parser):
     """Refuses flag values their types let through but training cannot use."""
-    from keras_parnet.train import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from keras_parnet.train import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, RANDAUGMENT_MAGNITUDES
 
     if args.lr_decay is not None and args.lr_decay > 1:
         parser.error(f"argument --lr-decay: {args.lr_decay:g} is above 1: it multiplies the learning rate "
@@ -186,6 +202,12 @@ def check_flags(args, parser):
         parser.error("argument --fine-tune-lr: it applies after --freeze-epochs: pass --freeze-epochs N too")
     if args.dropout is not None and args.dropout == 1:
         parser.error("argument --dropout: 1 drops every feature: pass a fraction below 1")
+    if args.randaugment is not None and args.randaugment > RANDAUGMENT_MAGNITUDES:
+        parser.error(f"argument --randaugment: {args.randaugment:g} is above {RANDAUGMENT_MAGNITUDES}, timm's "
+                     "largest magnitude: pass e.g. 9 (the paper's)")
+    if args.cutmix is not None and args.cutmix > 1:
+        parser.error(f"argument --cutmix: {args.cutmix:g} is above 1, the largest alpha keras.layers.CutMix "
+                     "takes: pass e.g. 1")
     for flag in ("recipe", "config"):
         if args.resume and getattr(args, flag):
             parser.error(f"argument --{flag}: a resumed run keeps the settings it started with: drop --{flag} "
@@ -225,8 +247,8 @@ def resolve_settings(args):
     change."""
     from keras_parnet.recipes import RECIPES
     from keras_parnet.runs import find_latest_run, read_run
-    from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, TrainError, \
-        demo_dataset_dir
+    from keras_parnet.train import AUGMENTATION_OFF, DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, \
+        TrainError, demo_dataset_dir
 
     settings = dict(DEFAULTS)
     run_dir = None
@@ -254,6 +276,8 @@ def resolve_settings(args):
         settings.update(start_architecture(args))
     given = {key: value for key, value in vars(args).items() if value is not None}
     settings.update({key: value for key, value in given.items() if key in DEFAULTS or key == "dataset"})
+    if args.no_augment:
+        settings.update(AUGMENTATION_OFF)
     settings.setdefault("dataset", DEFAULT_DATASET)
     return settings, run_dir
 

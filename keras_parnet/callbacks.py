@@ -65,13 +65,37 @@ def decayed_learning_rate(initial, decay):
     return schedule
 
 
-def phased_learning_rate(initial, decay, freeze_epochs, fine_tune):
-    """Schedule for `LearningRateScheduler`: `decayed_learning_rate(initial,
-    decay)` for the first `freeze_epochs`, then the same decay restarting
-    from `fine_tune` (epoch `k >= freeze_epochs` trains at
-    `fine_tune * decay**(k - freeze_epochs)`)."""
-    head = decayed_learning_rate(initial, decay)
-    whole = decayed_learning_rate(fine_tune, decay)
+def cosine_learning_rate(initial, epochs, warmup_epochs=0):
+    """Schedule for `LearningRateScheduler` over a phase of `epochs` epochs
+    (k from 0): the first `warmup_epochs` rise linearly towards `initial`
+    (`initial * (k + 1) / (warmup_epochs + 1)`), then the rate follows half a
+    cosine from `initial` towards 0 over the remaining epochs
+    (`initial * (1 + cos(pi * (k - warmup_epochs) / (epochs - warmup_epochs))) / 2`).
+    Keras' `CosineDecay` with warmup, evaluated once per epoch as timm's
+    scheduler steps by default; like `decayed_learning_rate` it depends on
+    the epoch only, so a resumed run continues the same curve."""
+    curve = keras.optimizers.schedules.CosineDecay(
+        initial / (warmup_epochs + 1), max(epochs - warmup_epochs, 1),  # a phase of warmup only never decays
+        warmup_target=initial, warmup_steps=warmup_epochs)
+
+    def schedule(epoch, learning_rate=None):
+        return float(curve(epoch))
+
+    return schedule
+
+
+def epoch_learning_rate(schedule, initial, decay, epochs, warmup_epochs=0):
+    """The schedule named `schedule` ("exp": `decayed_learning_rate(initial,
+    decay)`, "cosine": `cosine_learning_rate(initial, epochs, warmup_epochs)`)."""
+    if schedule == "cosine":
+        return cosine_learning_rate(initial, epochs, warmup_epochs)
+    return decayed_learning_rate(initial, decay)
+
+
+def phased_learning_rate(head, whole, freeze_epochs):
+    """Schedule for `LearningRateScheduler`: the schedule `head` for the first
+    `freeze_epochs`, then the schedule `whole` from its own epoch 0 (epoch
+    `k >= freeze_epochs` trains at `whole(k - freeze_epochs)`)."""
 
     def schedule(epoch, learning_rate=None):
         return head(epoch) if epoch < freeze_epochs else whole(epoch - freeze_epochs)
@@ -292,11 +316,18 @@ class RunCheckpoint(keras.callbacks.Callback):
     An epoch whose loss or val_loss is not finite is not recorded: the
     callback raises `TrainingDiverged`, and the backup of the last good epoch
     stays.
+
+    With `ema_swap`, the `keras.callbacks.SwapEMAWeights(swap_on_epoch=True)`
+    placed before this callback, every file of an epoch is written with the
+    optimizer's EMA weights in the model and the trained weights in the
+    optimizer's averages: checkpoints and best.weights.h5 hold the EMA
+    weights, and a backup holds both, swapped back into place on restore.
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, ema_swap=None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.ema_swap = ema_swap
         self.backup_dir = self.run_dir / BACKUP_DIR
         self.best = None
         self.fieldnames = None
@@ -319,6 +350,8 @@ class RunCheckpoint(keras.callbacks.Callback):
                 self.model.load_weights(path)
             except (ValueError, KeyError, OSError) as error:
                 raise damaged_backup(self.run_dir, f"{path.name} does not fit the model: {error}") from None
+            if self.ema_swap is not None:
+                compat.swap_ema_weights(self.ema_swap)
             compat.set_initial_epoch(self.model, epochs_done)
         roll_back(self.run_dir, epochs_done)
         self.fieldnames, self.rows = read_history(self.run_dir)
@@ -368,8 +401,12 @@ def training_callbacks(
     tensorboard_dir=None,
     freeze_epochs=0,
     fine_tune_lr=None,
+    schedule="exp",
+    epochs=None,
+    warmup_epochs=0,
+    ema=False,
 ):
-    """Checkpoints, LR decay, early stopping, TensorBoard, CSV and resume.
+    """Checkpoints, LR schedule, early stopping, TensorBoard, CSV and resume.
 
     Args:
         run_dir: the run folder; everything is written below it.
@@ -381,6 +418,13 @@ def training_callbacks(
         freeze_epochs: epochs that train only the classifier (the model
             starts with `freeze_backbone`); then the whole network trains,
             from `fine_tune_lr` on (see `phased_learning_rate`).
+        schedule: "exp" (`lr_decay` per epoch) or "cosine" (over `epochs`,
+            after `warmup_epochs`: `cosine_learning_rate`). With
+            `freeze_epochs`, each phase runs its own schedule over its own
+            epochs.
+        epochs: the run's epochs (for "cosine").
+        ema: the model's optimizer keeps EMA weights (`use_ema`): validation,
+            checkpoints and best.weights.h5 use them (see `RunCheckpoint`).
 
     Returns:
         A list of Keras callbacks. `RunCheckpoint` follows the learning rate
@@ -389,14 +433,20 @@ def training_callbacks(
     run_dir = Path(run_dir)
     if freeze_epochs:
         phases = [UnfreezeBackbone(freeze_epochs)]
-        schedule = phased_learning_rate(learning_rate, lr_decay, freeze_epochs, fine_tune_lr)
+        rate = phased_learning_rate(
+            epoch_learning_rate(schedule, learning_rate, lr_decay, freeze_epochs, warmup_epochs),
+            epoch_learning_rate(schedule, fine_tune_lr, lr_decay, epochs and epochs - freeze_epochs,
+                                warmup_epochs),
+            freeze_epochs)
     else:
-        phases, schedule = [], decayed_learning_rate(learning_rate, lr_decay)
+        phases, rate = [], epoch_learning_rate(schedule, learning_rate, lr_decay, epochs, warmup_epochs)
+    ema_swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True) if ema else None
     return [
         keras.callbacks.TerminateOnNaN(),
         *phases,
-        keras.callbacks.LearningRateScheduler(schedule, verbose=1),
-        RunCheckpoint(run_dir),
+        keras.callbacks.LearningRateScheduler(rate, verbose=1),
+        *([ema_swap] if ema_swap else []),
+        RunCheckpoint(run_dir, ema_swap),
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=patience,

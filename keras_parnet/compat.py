@@ -25,6 +25,15 @@ def call_count(layer):
     return len(layer._inbound_nodes)
 
 
+def swap_ema_weights(callback):
+    """Exchanges the model's trainable weights with its optimizer's EMA
+    weights, as the `keras.callbacks.SwapEMAWeights` `callback` does before
+    evaluation (`SwapEMAWeights._swap_variables`, which works under a
+    distribution strategy), without changing what the callback believes is
+    in the model."""
+    callback._swap_variables()
+
+
 def initial_epoch(model):
     """The epoch `fit` will start from as set by `set_initial_epoch`, or `None`."""
     return model._initial_epoch

@@ -123,7 +123,8 @@ def test_balanced_class_weights_are_sklearns(tmp_path):
 
 
 def test_phased_learning_rate():
-    schedule = callbacks.phased_learning_rate(1e-3, 0.5, 2, 1e-4)
+    schedule = callbacks.phased_learning_rate(callbacks.decayed_learning_rate(1e-3, 0.5),
+                                              callbacks.decayed_learning_rate(1e-4, 0.5), 2)
     assert [schedule(epoch) for epoch in range(4)] == [1e-3, 1e-3 * 0.5, 1e-4, 1e-4 * 0.5]
 
 

@@ -1,0 +1,260 @@
+"""The training recipe's knobs (learning rate schedules, label smoothing, EMA,
+weight decay), `--recipe`, `--config` and the run's config.json."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import yaml
+from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
+
+from keras_parnet import callbacks, runs
+from keras_parnet import train as train_module
+from keras_parnet.models import HEAD_LAYER
+from keras_parnet.cli.train import main, parse_flags, resolve_settings, resolved_flags, train_with_flags
+from keras_parnet.train import DEFAULTS, compiled_model
+
+TINY_CONFIG = runs.run_config("ParNet", {"widths": list(TINY_WIDTHS), "small_input": True, "dropout": 0.0}, 32,
+                              ["dark", "bright"])
+# keras_parnet/train.py's DEFAULTS at 0890076, before the recipe knobs, and
+# the values of the knobs that keep that recipe.
+ORIGINAL_RECIPE = {
+    "model": "s", "widths": None, "small_input": False, "batch_size": 16, "epochs": 100, "image_size": 256,
+    "lr": 1e-3, "lr_decay": 0.95, "patience": 15, "dropout": None, "mixed_precision": False, "val_split": 0.1,
+    "activation": "silu", "freeze_epochs": 0, "fine_tune_lr": None, "class_weight": None,
+    "optimizer": "adam", "weight_decay": 0.0, "momentum": 0.9, "schedule": "exp", "warmup_epochs": 0,
+    "label_smoothing": 0.0, "ema": None, "randaugment": None, "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0,
+    "sync_bn": True,
+}
+
+
+def settings(**changes):
+    return {**DEFAULTS, **changes}
+
+
+def default_strategy():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+def model_with(**changes):
+    return compiled_model(TINY_CONFIG, settings(**changes), default_strategy())
+
+
+def batch(size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (size, 32, 32, 3)).astype("float32")
+    return images, np.eye(2, dtype="float32")[rng.integers(0, 2, size)]
+
+
+def rate_schedule(callback_list):
+    return next(c for c in callback_list if isinstance(c, keras.callbacks.LearningRateScheduler)).schedule
+
+
+def cosine_with_warmup(initial, epochs, warmup, epoch):
+    if epoch < warmup:
+        return initial * (epoch + 1) / (warmup + 1)
+    return initial * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))) / 2
+
+
+def test_cosine_learning_rate_with_warmup_at_every_epoch(tmp_path):
+    schedule = rate_schedule(callbacks.training_callbacks(tmp_path, 0.1, schedule="cosine", epochs=12,
+                                                          warmup_epochs=3))
+    expected = [cosine_with_warmup(0.1, 12, 3, epoch) for epoch in range(12)]
+    np.testing.assert_allclose([schedule(epoch) for epoch in range(12)], expected, rtol=1e-6)
+    assert expected[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1]) and expected[-1] > 0
+
+
+def test_cosine_phases_with_freeze_epochs(tmp_path):
+    schedule = rate_schedule(callbacks.training_callbacks(tmp_path, 0.1, freeze_epochs=4, fine_tune_lr=0.01,
+                                                          schedule="cosine", epochs=10, warmup_epochs=1))
+    expected = ([cosine_with_warmup(0.1, 4, 1, epoch) for epoch in range(4)]
+                + [cosine_with_warmup(0.01, 6, 1, epoch) for epoch in range(6)])
+    np.testing.assert_allclose([schedule(epoch) for epoch in range(10)], expected, rtol=1e-6)
+
+
+def test_exp_schedule_is_unchanged(tmp_path):
+    schedule = rate_schedule(callbacks.training_callbacks(tmp_path, 0.1, 0.5, epochs=4))
+    assert [schedule(epoch) for epoch in range(4)] == [0.1, 0.05, 0.025, 0.0125]
+
+
+def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
+    model = model_with(label_smoothing=0.2)
+    head = model.get_layer(HEAD_LAYER)
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 1000, bias])  # confident predictions, where smoothing matters
+    images, labels = batch()
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.max() > 0.75
+    smoothed = labels * 0.8 + 0.2 / 2
+    expected = np.mean(-np.sum(smoothed * np.log(probabilities), axis=-1))
+    loss = model.evaluate(images, labels, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert model.evaluate(images, labels, verbose=0, return_dict=True)["loss"] != pytest.approx(
+        np.mean(-np.sum(labels * np.log(probabilities), axis=-1)), rel=1e-3)
+
+
+def ema_averages(model):
+    """The optimizer's EMA variables, in the order of `model.trainable_variables`."""
+    averages = {variable.name: variable for variable in model.optimizer.variables if variable.name.endswith("_average")}
+    return [averages[f"{runs_path(variable)}_average"] for variable in model.trainable_variables]
+
+
+def runs_path(variable):
+    return variable.path.replace("/", "_")
+
+
+def test_ema_follows_the_formula_over_the_weight_trajectory():
+    decay = 0.8
+    model = model_with(optimizer="sgd", lr=0.05, ema=decay)
+    trajectory = []
+    for step in range(4):
+        model.train_on_batch(*batch(seed=step))
+        trajectory.append([variable.numpy() for variable in model.trainable_variables])
+    expected = trajectory[0]  # Keras starts the average at the weights after the first step
+    for weights in trajectory[1:]:
+        expected = [decay * average + (1 - decay) * weight for average, weight in zip(expected, weights)]
+    for average, value in zip(ema_averages(model), expected, strict=True):
+        np.testing.assert_allclose(average.numpy(), value, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a.numpy(), w) for a, w in zip(ema_averages(model), trajectory[-1]))
+
+
+def test_weight_decay_is_decoupled_and_spares_1d_weights():
+    lr, decay = 0.1, 0.3
+    plain, decayed = model_with(optimizer="sgd", lr=lr), model_with(optimizer="sgd", lr=lr, weight_decay=decay)
+    decayed.set_weights(plain.get_weights())
+    start = [variable.numpy() for variable in plain.trainable_variables]
+    images, labels = batch()
+    plain.train_on_batch(images, labels)
+    decayed.train_on_batch(images, labels)
+    for before, without, with_decay in zip(start, plain.trainable_variables, decayed.trainable_variables):
+        expected = -lr * decay * before if before.ndim > 1 else np.zeros_like(before)
+        np.testing.assert_allclose(with_decay.numpy() - without.numpy(), expected, atol=1e-6)
+    assert any(before.ndim > 1 and np.abs(before).max() > 0 for before in start)
+
+
+def test_optimizers_are_keras_own():
+    variables = model_with().trainable_variables
+    sgd = train_module.make_optimizer(settings(optimizer="sgd", momentum=0.5), variables)
+    nesterov = train_module.make_optimizer(settings(optimizer="nesterov"), variables)
+    adamw = train_module.make_optimizer(settings(optimizer="adamw", weight_decay=0.01), variables)
+    assert (type(sgd), sgd.momentum, sgd.nesterov) == (keras.optimizers.SGD, 0.5, False)
+    assert (type(nesterov), nesterov.nesterov) == (keras.optimizers.SGD, True)
+    assert (type(adamw), adamw.weight_decay) == (keras.optimizers.AdamW, 0.01)
+
+
+def resolved(argv, dataset):
+    args = parse_flags([*argv, "--dataset", str(dataset)])
+    return resolved_flags(args, resolve_settings(args)[0])
+
+
+def test_original_recipe_is_todays_configuration(tmp_path):
+    args = parse_flags(["--recipe", "original", "--dataset", str(tmp_path)])
+    recipe_settings, _ = resolve_settings(args)
+    assert recipe_settings == {**ORIGINAL_RECIPE, "dataset": str(tmp_path)}
+    assert resolved(["--recipe", "original"], tmp_path) == resolved([], tmp_path)
+    model = compiled_model(TINY_CONFIG, recipe_settings, default_strategy())
+    optimizer = model.optimizer
+    assert (type(optimizer), optimizer.weight_decay, optimizer.use_ema) == (keras.optimizers.Adam, None, False)
+    assert model.loss.get_config()["label_smoothing"] == 0
+
+
+def test_paper_recipe_is_the_official_command(tmp_path):
+    # imankgoyal/NonDeepNetworks imagenet/train_models.sh (ParNet-S) and the defaults of its train.py.
+    cited = {"optimizer": "nesterov", "momentum": 0.9, "weight_decay": 1e-4, "lr": 0.001, "schedule": "cosine",
+             "warmup_epochs": 0, "epochs": 120, "batch_size": 128, "image_size": 224, "label_smoothing": 0.1,
+             "ema": 0.9999, "randaugment": 9, "random_erasing": 0.2, "mixup": 0.0, "cutmix": 0.0,
+             "sync_bn": False}
+    recipe_settings, _ = resolve_settings(parse_flags(["--recipe", "paper", "--dataset", str(tmp_path)]))
+    assert {key: recipe_settings[key] for key in cited} == cited
+
+
+@pytest.mark.parametrize("suffix, dump", [(".json", json.dumps), (".yaml", yaml.safe_dump)])
+def test_config_round_trip(tmp_path, suffix, dump):
+    first = resolved(["--recipe", "paper", "--demo", "--lr", "0.02", "--no-flip", "--widths", "8", "8", "8", "8"],
+                     tmp_path)
+    path = tmp_path / f"config{suffix}"
+    path.write_text(dump(first))
+    second = resolved(["--config", str(path)], tmp_path)
+    assert second == first
+    assert (second["lr"], second["optimizer"], second["no_flip"], second["image_size"]) == (0.02, "nesterov", True, 32)
+
+
+def test_flags_beat_the_config_file_which_beats_the_recipe(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 0.05\nepochs: 7\n")
+    chosen = resolved(["--recipe", "paper", "--config", str(path), "--lr", "0.2"], tmp_path)
+    assert (chosen["lr"], chosen["epochs"], chosen["optimizer"], chosen["batch_size"]) == (0.2, 7, "nesterov", 128)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("lr: 0.1\nlearning_rate: 0.1\n", ["unknown key 'learning_rate'"]),
+    ("optimizer: rmsprop\n", ["key 'optimizer'", "rmsprop"]),
+    ("widths: [8, 8]\n", ["key 'widths'", "list of 4"]),
+    ("resume: true\n", ["unknown key 'resume'"]),
+])
+def test_bad_config_is_one_line_error(tmp_path, capsys, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and error.startswith("error: ")
+    assert str(path) in error and all(word in error for word in words)
+
+
+class EMARecorder(keras.callbacks.Callback):
+    """Before any other callback ends an epoch: the trained and EMA weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.trained, self.averages = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trained.append([variable.numpy() for variable in self.model.trainable_variables])
+        self.averages.append([variable.numpy() for variable in ema_averages(self.model)])
+
+
+@pytest.mark.slow
+def test_ema_run_checkpoints_and_resumes_with_both_weights(tmp_path, monkeypatch):
+    dataset = write_dark_bright_dataset(tmp_path / "data", (4, 4), (1, 1))
+    recorder = EMARecorder()
+    training_callbacks = callbacks.training_callbacks
+    monkeypatch.setattr(callbacks, "training_callbacks",
+                        lambda *a, **k: [recorder, *training_callbacks(*a, **k), interrupt_after(1)])
+    argv = ["--dataset", str(dataset), "--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--small-input",
+            "--batch-size", "4", "--val-split", "0", "--epochs", "2", "--optimizer", "nesterov", "--ema", "0.5",
+            "--schedule", "cosine", "--warmup-epochs", "1", "--weight-decay", "0.01", "--label-smoothing", "0.1",
+            "--seed", "1", "--logs-dir", str(tmp_path / "logs"), "--run-name", "ema"]
+    args = parse_flags(argv)
+    with pytest.raises(SystemExit):  # Ctrl-C after epoch 1, its backup written
+        train_with_flags(args)
+    run_dir = tmp_path / "logs" / "ema"
+
+    rates = [float(row["learning_rate"]) for row in callbacks.read_history(run_dir)[1]]
+    assert rates == pytest.approx([cosine_with_warmup(1e-3, 2, 1, 0)], rel=1e-6)
+    config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+    assert config == resolved_flags(args, resolve_settings(args)[0])
+    assert "run_name" not in config and "resume" not in config and config["ema"] == 0.5
+
+    run = runs.read_run(run_dir)
+    saved = runs.build_model(run)
+    saved.load_weights(run_dir / runs.BEST_WEIGHTS)
+    for variable, average in zip(saved.trainable_variables, recorder.averages[0], strict=True):
+        np.testing.assert_array_equal(variable.numpy(), average)
+    assert not all(np.array_equal(a, t) for a, t in zip(recorder.averages[0], recorder.trained[0]))
+
+    # The backup of epoch 1 restores the trained weights into the model and the EMA into the optimizer.
+    model = compiled_model(run, resolve_settings(args)[0], default_strategy())
+    ema_swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    checkpoint = callbacks.RunCheckpoint(run_dir, ema_swap)
+    for callback in (ema_swap, checkpoint):
+        callback.set_model(model)
+    checkpoint.on_train_begin()
+    for variable, trained in zip(model.trainable_variables, recorder.trained[0], strict=True):
+        np.testing.assert_array_equal(variable.numpy(), trained)
+    for variable, average in zip(ema_averages(model), recorder.averages[0], strict=True):
+        np.testing.assert_array_equal(variable.numpy(), average)

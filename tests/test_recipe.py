@@ -8,12 +8,11 @@ import keras
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, interrupt_after
 
 from keras_parnet import callbacks, runs
 from keras_parnet import train as train_module
-from keras_parnet.models import HEAD_LAYER
-from keras_parnet.cli.train import main, parse_flags, resolve_settings, resolved_flags, train_with_flags
+from keras_parnet.cli.train import main, parse_flags, resolve_settings, resolved_flags
 from keras_parnet.train import DEFAULTS, compiled_model
 
 TINY_CONFIG = runs.run_config("ParNet", {"widths": list(TINY_WIDTHS), "small_input": True, "dropout": 0.0}, 32,
@@ -44,10 +43,25 @@ def model_with(**changes):
     return compiled_model(TINY_CONFIG, settings(**changes), default_strategy())
 
 
-def batch(size=4, seed=0):
+def dense_model():
+    """A small dense model with BatchNorm, the same weights each time (a
+    ParNet's train step takes a minute to trace on a loaded CPU)."""
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                             keras.layers.Dense(2, activation="softmax")])
+
+
+def dense_model_with(**changes):
+    """`dense_model` compiled with the optimizer of `settings(**changes)`."""
+    model = dense_model()
+    model.compile(train_module.make_optimizer(settings(**changes), model.trainable_variables),
+                  "categorical_crossentropy")
+    return model
+
+
+def dense_batch(seed):
     rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 255, (size, 32, 32, 3)).astype("float32")
-    return images, np.eye(2, dtype="float32")[rng.integers(0, 2, size)]
+    return rng.normal(size=(4, 6)).astype("float32"), np.eye(2, dtype="float32")[rng.integers(0, 2, 4)]
 
 
 def rate_schedule(callback_list):
@@ -82,19 +96,13 @@ def test_exp_schedule_is_unchanged(tmp_path):
 
 
 def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
-    model = model_with(label_smoothing=0.2)
-    head = model.get_layer(HEAD_LAYER)
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 1000, bias])  # confident predictions, where smoothing matters
-    images, labels = batch()
-    probabilities = model.predict(images, verbose=0)
-    assert probabilities.max() > 0.75
-    smoothed = labels * 0.8 + 0.2 / 2
+    loss = model_with(label_smoothing=0.2).loss
+    labels = np.eye(3, dtype="float32")[[0, 2, 1, 2]]
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.01, 0.01, 0.98]], "float32")
+    smoothed = labels * 0.8 + 0.2 / 3
     expected = np.mean(-np.sum(smoothed * np.log(probabilities), axis=-1))
-    loss = model.evaluate(images, labels, verbose=0, return_dict=True)["loss"]
-    assert loss == pytest.approx(expected, rel=1e-5)
-    assert model.evaluate(images, labels, verbose=0, return_dict=True)["loss"] != pytest.approx(
-        np.mean(-np.sum(labels * np.log(probabilities), axis=-1)), rel=1e-3)
+    assert float(loss(labels, probabilities)) == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(np.mean(-np.sum(labels * np.log(probabilities), axis=-1)), rel=1e-2)
 
 
 def ema_averages(model):
@@ -109,10 +117,10 @@ def runs_path(variable):
 
 def test_ema_follows_the_formula_over_the_weight_trajectory():
     decay = 0.8
-    model = model_with(optimizer="sgd", lr=0.05, ema=decay)
+    model = dense_model_with(optimizer="sgd", lr=0.5, ema=decay)
     trajectory = []
     for step in range(4):
-        model.train_on_batch(*batch(seed=step))
+        model.train_on_batch(*dense_batch(step))
         trajectory.append([variable.numpy() for variable in model.trainable_variables])
     expected = trajectory[0]  # Keras starts the average at the weights after the first step
     for weights in trajectory[1:]:
@@ -124,12 +132,12 @@ def test_ema_follows_the_formula_over_the_weight_trajectory():
 
 def test_weight_decay_is_decoupled_and_spares_1d_weights():
     lr, decay = 0.1, 0.3
-    plain, decayed = model_with(optimizer="sgd", lr=lr), model_with(optimizer="sgd", lr=lr, weight_decay=decay)
+    plain = dense_model_with(optimizer="sgd", lr=lr)
+    decayed = dense_model_with(optimizer="sgd", lr=lr, weight_decay=decay)
     decayed.set_weights(plain.get_weights())
     start = [variable.numpy() for variable in plain.trainable_variables]
-    images, labels = batch()
-    plain.train_on_batch(images, labels)
-    decayed.train_on_batch(images, labels)
+    plain.train_on_batch(*dense_batch(0))
+    decayed.train_on_batch(*dense_batch(0))
     for before, without, with_decay in zip(start, plain.trainable_variables, decayed.trainable_variables):
         expected = -lr * decay * before if before.ndim > 1 else np.zeros_like(before)
         np.testing.assert_allclose(with_decay.numpy() - without.numpy(), expected, atol=1e-6)
@@ -137,7 +145,7 @@ def test_weight_decay_is_decoupled_and_spares_1d_weights():
 
 
 def test_optimizers_are_keras_own():
-    variables = model_with().trainable_variables
+    variables = dense_model_with().trainable_variables
     sgd = train_module.make_optimizer(settings(optimizer="sgd", momentum=0.5), variables)
     nesterov = train_module.make_optimizer(settings(optimizer="nesterov"), variables)
     adamw = train_module.make_optimizer(settings(optimizer="adamw", weight_decay=0.01), variables)
@@ -173,14 +181,17 @@ def test_paper_recipe_is_the_official_command(tmp_path):
 
 
 @pytest.mark.parametrize("suffix, dump", [(".json", json.dumps), (".yaml", yaml.safe_dump)])
-def test_config_round_trip(tmp_path, suffix, dump):
-    first = resolved(["--recipe", "paper", "--demo", "--lr", "0.02", "--no-flip", "--widths", "8", "8", "8", "8"],
-                     tmp_path)
+@pytest.mark.parametrize("argv", [
+    ["--recipe", "paper", "--demo", "--lr", "0.02", "--no-flip", "--widths", "8", "8", "8", "8"],
+    ["--no-augment", "--randaugment", "5", "--ema", "--freeze-epochs", "1", "--fine-tune-lr", "0.1"],
+])
+def test_config_round_trip(tmp_path, suffix, dump, argv):
+    first = resolved(argv, tmp_path)
     path = tmp_path / f"config{suffix}"
     path.write_text(dump(first))
-    second = resolved(["--config", str(path)], tmp_path)
-    assert second == first
-    assert (second["lr"], second["optimizer"], second["no_flip"], second["image_size"]) == (0.02, "nesterov", True, 32)
+    assert resolved(["--config", str(path)], tmp_path) == first
+    assert first["lr"] == (0.02 if "--lr" in argv else 1e-3) and first["no_flip"]
+    assert (first["optimizer"], first["image_size"]) == (("nesterov", 32) if "paper" in argv else ("adam", 256))
 
 
 def test_flags_beat_the_config_file_which_beats_the_recipe(tmp_path):
@@ -218,43 +229,40 @@ class EMARecorder(keras.callbacks.Callback):
         self.averages.append([variable.numpy() for variable in ema_averages(self.model)])
 
 
-@pytest.mark.slow
-def test_ema_run_checkpoints_and_resumes_with_both_weights(tmp_path, monkeypatch):
-    dataset = write_dark_bright_dataset(tmp_path / "data", (4, 4), (1, 1))
+def fit_with_ema(run_dir, *extra_callbacks):
+    """Two epochs of `dense_model_with` with EMA through `training_callbacks`
+    (cosine after one warmup epoch); returns its `EMARecorder`."""
+    model = dense_model_with(optimizer="nesterov", lr=0.5, ema=0.5, weight_decay=0.01)
     recorder = EMARecorder()
-    training_callbacks = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks",
-                        lambda *a, **k: [recorder, *training_callbacks(*a, **k), interrupt_after(1)])
-    argv = ["--dataset", str(dataset), "--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--small-input",
-            "--batch-size", "4", "--val-split", "0", "--epochs", "2", "--optimizer", "nesterov", "--ema", "0.5",
-            "--schedule", "cosine", "--warmup-epochs", "1", "--weight-decay", "0.01", "--label-smoothing", "0.1",
-            "--seed", "1", "--logs-dir", str(tmp_path / "logs"), "--run-name", "ema"]
-    args = parse_flags(argv)
-    with pytest.raises(SystemExit):  # Ctrl-C after epoch 1, its backup written
-        train_with_flags(args)
-    run_dir = tmp_path / "logs" / "ema"
+    images, labels = dense_batch(0)
+    images, labels = np.concatenate([images, dense_batch(1)[0]]), np.concatenate([labels, dense_batch(1)[1]])
+    model.fit(images, labels, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_data=dense_batch(2),
+              callbacks=[recorder, *callbacks.training_callbacks(run_dir, 0.5, schedule="cosine", epochs=2,
+                                                                 warmup_epochs=1, ema=True), *extra_callbacks])
+    return recorder
 
-    rates = [float(row["learning_rate"]) for row in callbacks.read_history(run_dir)[1]]
-    assert rates == pytest.approx([cosine_with_warmup(1e-3, 2, 1, 0)], rel=1e-6)
-    config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
-    assert config == resolved_flags(args, resolve_settings(args)[0])
-    assert "run_name" not in config and "resume" not in config and config["ema"] == 0.5
 
-    run = runs.read_run(run_dir)
-    saved = runs.build_model(run)
-    saved.load_weights(run_dir / runs.BEST_WEIGHTS)
-    for variable, average in zip(saved.trainable_variables, recorder.averages[0], strict=True):
-        np.testing.assert_array_equal(variable.numpy(), average)
-    assert not all(np.array_equal(a, t) for a, t in zip(recorder.averages[0], recorder.trained[0]))
+def test_ema_weights_are_checkpointed_and_a_resumed_run_continues_exactly(tmp_path):
+    whole = fit_with_ema(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        fit_with_ema(tmp_path / "resumed", interrupt_after(1))
+    rows = callbacks.read_history(tmp_path / "resumed")[1]
+    assert [float(row["learning_rate"]) for row in rows] == pytest.approx([0.25], rel=1e-6)  # warmup: lr / 2
 
-    # The backup of epoch 1 restores the trained weights into the model and the EMA into the optimizer.
-    model = compiled_model(run, resolve_settings(args)[0], default_strategy())
-    ema_swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
-    checkpoint = callbacks.RunCheckpoint(run_dir, ema_swap)
-    for callback in (ema_swap, checkpoint):
-        callback.set_model(model)
-    checkpoint.on_train_begin()
-    for variable, trained in zip(model.trainable_variables, recorder.trained[0], strict=True):
-        np.testing.assert_array_equal(variable.numpy(), trained)
-    for variable, average in zip(ema_averages(model), recorder.averages[0], strict=True):
-        np.testing.assert_array_equal(variable.numpy(), average)
+    # Checkpoints hold the EMA weights (validated on), not the trained ones.
+    best = dense_model()
+    best.load_weights(tmp_path / "resumed" / runs.BEST_WEIGHTS)
+    for variable, average in zip(best.trainable_variables, whole.averages[0], strict=True):
+        np.testing.assert_allclose(variable.numpy(), average, rtol=1e-6)
+    assert not all(np.allclose(a, t) for a, t in zip(whole.averages[0], whole.trained[0]))
+
+    resumed = fit_with_ema(tmp_path / "resumed")  # restores epoch 1's backup, trains epoch 2
+    assert len(resumed.trained) == 1
+    for name, after_resume, uninterrupted in (("trained", resumed.trained[0], whole.trained[1]),
+                                              ("EMA", resumed.averages[0], whole.averages[1])):
+        for value, expected in zip(after_resume, uninterrupted, strict=True):
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+    best.load_weights(tmp_path / "whole" / runs.BEST_WEIGHTS)
+    best_epoch = min(callbacks.read_history(tmp_path / "whole")[1], key=lambda row: float(row["val_loss"]))["epoch"]
+    for variable, average in zip(best.trainable_variables, whole.averages[int(best_epoch)], strict=True):
+        np.testing.assert_allclose(variable.numpy(), average, rtol=1e-6)

@@ -46,6 +46,14 @@ def partner(row, index):
     return index if others.max() == 0 else int(np.flatnonzero(row == others.max())[0])
 
 
+def box_around(mask):
+    """The smallest rectangle (a boolean mask) holding every True of `mask`."""
+    rows, cols = np.nonzero(mask)
+    box = np.zeros_like(mask)
+    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    return box
+
+
 def test_mixup_mixes_each_image_with_the_partner_and_weight_of_its_label(dataset):
     root, originals = dataset
     mixed = 0
@@ -75,9 +83,7 @@ def test_cutmix_pastes_a_box_of_the_partner_weighed_by_its_area(dataset):
             if other == index:
                 assert not changed.any()
                 continue
-            rows, cols = np.nonzero(changed)
-            box = np.zeros_like(changed)
-            box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+            box = box_around(changed)
             np.testing.assert_array_equal(changed, box)
             np.testing.assert_array_equal(image[box], originals[other][box])
             np.testing.assert_array_equal(image[~box], originals[index][~box])
@@ -103,10 +109,8 @@ def test_random_erasing_always_fills_one_rectangle_and_keeps_the_rest(dataset):
         np.testing.assert_array_equal(labels, np.eye(CLASSES))
         for image, original in zip(images, originals):
             erased = (image != original).any(axis=-1)
-            rows, cols = np.nonzero(erased)
-            assert rows.size
-            box = np.zeros_like(erased)
-            box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+            assert erased.any()
+            box = box_around(erased)
             np.testing.assert_array_equal(erased, box)
             np.testing.assert_array_equal(image[~box], original[~box])
             assert 0 <= image.min() and image.max() <= 255

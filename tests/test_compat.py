@@ -75,6 +75,27 @@ def test_set_initial_epoch_in_on_train_begin_makes_fit_skip_epochs():
                     f"on_train_begin (ran epochs {resume.epochs_seen}, stored {stored}; expected [2, 3], 2)")
 
 
+def test_swap_ema_weights_exchanges_the_weights_and_their_averages():
+    model, _ = _tiny_functional()
+    model.compile(keras.optimizers.SGD(0.1, use_ema=True), "mse")
+    model.fit(np.ones((4, 4)), np.ones((4, 2)), epochs=2, verbose=0)
+    optimizer = model.optimizer
+    averages = [variable for variable in optimizer.variables if variable.name.endswith("_average")]
+    before = [variable.numpy() for variable in model.trainable_variables], [a.numpy() for a in averages]
+    assert not all(np.allclose(weight, average) for weight, average in zip(*before))
+    callback = keras.callbacks.SwapEMAWeights()
+    callback.set_model(model)
+    try:
+        compat.swap_ema_weights(callback)
+    except AttributeError as error:
+        _fail("SwapEMAWeights._swap_variables is gone", error)
+    after = [variable.numpy() for variable in model.trainable_variables], [a.numpy() for a in averages]
+    if not all(np.allclose(a, b) for a, b in zip(after[0], before[1], strict=True)) or not all(
+            np.allclose(a, b) for a, b in zip(after[1], before[0], strict=True)):
+        pytest.fail(f"keras {keras.__version__}: SwapEMAWeights._swap_variables no longer exchanges the model's "
+                    "weights with the optimizer's averages")
+
+
 def test_symbolic_build_hook_is_called_by_fit_under_a_strategy():
     """The hook MultiWorkerModel uses; the default strategy is enough for Keras
     to build symbolically before the first step."""

@@ -153,8 +153,8 @@ def build_parser():
                      help="train only the classifier for the first N epochs, the backbone frozen (BatchNorm "
                      "in inference mode), then the whole network at --fine-tune-lr (default 0)")
     fit.add_argument("--fine-tune-lr", type=_common.positive_float, metavar="RATE",
-                     help="learning rate of the first epoch after --freeze-epochs, decaying by --lr-decay "
-                     f"from there (default --lr / {FINE_TUNE_LR_DIVISOR})")
+                     help="learning rate of the first epoch after --freeze-epochs, following --schedule from "
+                     f"there (default --lr / {FINE_TUNE_LR_DIVISOR})")
     fit.add_argument("--class-weight", choices=("balanced",),
                      help="weigh each class's loss by n_images / (n_classes * its images in the training "
                      "split), scikit-learn's 'balanced', for imbalanced folders (default: equal weights)")

@@ -60,6 +60,30 @@ def named_model():
     return functools.cache(lambda size: getattr(keras_parnet, f"parnet_{size}")())
 
 
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """A 1000-class checkpoint of the official network at tiny widths, random
+    weights and BatchNorm statistics, converted: `(run folder, the converted
+    model)`; the run folder also holds the weights as a legacy `.h5`."""
+    pytest.importorskip("torch")
+    import h5py
+    import torch
+    import torch_parnet
+
+    from keras_parnet import compat, convert
+
+    classes = 1000
+    root = tmp_path_factory.mktemp("converted")
+    network = torch_parnet.SimpNet(TINY_WIDTHS, additional_branches=[["swish"]], num_classes=classes)
+    torch.save(torch_parnet.randomized(network, 0).state_dict(), root / "tiny.pth")
+    model = convert.convert_checkpoint(root / "tiny.pth", "s", TINY_WIDTHS, "relu", classes)
+    run_dir = convert.write_run(root / "run", model, "s", TINY_WIDTHS, "relu", 32,
+                                [f"class_{index}" for index in range(classes)], root / "tiny.pth")
+    with h5py.File(run_dir / "legacy.h5", "w") as file:
+        compat.save_legacy_h5_weights(model, file)
+    return run_dir, model
+
+
 def interrupt_after(epochs):
     """A Keras callback that stops training as Ctrl-C would (KeyboardInterrupt)
     at the end of epoch `epochs` (1-based)."""

@@ -1,41 +1,20 @@
-"""Fine-tuning from converted weights: partial loading into a new head, a
-run folder's architecture and preprocessing, frozen epochs, class weights."""
+"""Fine-tuning from converted weights (conftest's `converted`): partial
+loading into a new head, a run folder's architecture, the phased learning
+rate, class weights. Training from converted weights with frozen epochs
+across a resume is checked on test_train's end-to-end run."""
 
-import json
-
-import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, infer, interrupt_after, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, infer, write_dark_bright_dataset
 
-from keras_parnet import ParNet, callbacks, compat, convert, data, runs
+from keras_parnet import ParNet, callbacks, data, runs
 from keras_parnet.cli import train as train_cli
 from keras_parnet.models import HEAD_LAYER, WeightsMismatchError, load_matching_weights
 from keras_parnet.train import balanced_class_weights
 
 IMAGENET_CLASSES = 1000
 TINY_ARGS = ["--image-size", "32", "--batch-size", "4", "--seed", "1", "--val-split", "0"]
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """A 1000-class checkpoint of the official network at tiny widths, random
-    weights and BatchNorm statistics, converted: `(run folder, the converted
-    model)`; the run folder also holds the weights as a legacy `.h5`."""
-    pytest.importorskip("torch")
-    import torch
-    import torch_parnet
-
-    root = tmp_path_factory.mktemp("converted")
-    network = torch_parnet.SimpNet(TINY_WIDTHS, additional_branches=[["swish"]], num_classes=IMAGENET_CLASSES)
-    torch.save(torch_parnet.randomized(network, 0).state_dict(), root / "tiny.pth")
-    model = convert.convert_checkpoint(root / "tiny.pth", "s", TINY_WIDTHS, "relu", IMAGENET_CLASSES)
-    run_dir = convert.write_run(root / "run", model, "s", TINY_WIDTHS, "relu", 32,
-                                [f"class_{index}" for index in range(IMAGENET_CLASSES)], root / "tiny.pth")
-    with h5py.File(run_dir / "legacy.h5", "w") as file:
-        compat.save_legacy_h5_weights(model, file)
-    return run_dir, model
 
 
 def file_weights(path):
@@ -126,70 +105,3 @@ def test_phased_learning_rate():
     schedule = callbacks.phased_learning_rate(callbacks.decayed_learning_rate(1e-3, 0.5),
                                               callbacks.decayed_learning_rate(1e-4, 0.5), 2)
     assert [schedule(epoch) for epoch in range(4)] == [1e-3, 1e-3 * 0.5, 1e-4, 1e-4 * 0.5]
-
-
-def backbone_and_head(path):
-    """`(backbone arrays by layer, head arrays)` of a 2-class tiny run's weights file."""
-    model = ParNet(TINY_WIDTHS, classes=2, activation="relu")
-    model.load_weights(path)
-    return ({layer.name: layer.get_weights() for layer in model.layers if layer.weights and layer.name != HEAD_LAYER},
-            model.get_layer(HEAD_LAYER).get_weights())
-
-
-def same_arrays(first, second):
-    return all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
-
-
-@pytest.mark.slow
-def test_fine_tune_a_converted_run_with_frozen_epochs_across_resume(converted, tmp_path, monkeypatch, capsys):
-    """train --weights <converted run> --freeze-epochs 2 --epochs 3, stopped
-    after epoch 1 and resumed: the frozen epochs change no backbone weight or
-    BatchNorm statistic, the third does; the new run decodes, predicts and
-    evaluates with the official preprocessing."""
-    start_dir, _ = converted
-    dataset = write_dark_bright_dataset(tmp_path / "data", (6, 4), (2, 2))
-    crops = []
-    make_dataset = data.make_dataset
-    monkeypatch.setattr(data, "make_dataset",
-                        lambda *a, **k: crops.append(k.get("crop_fraction")) or make_dataset(*a, **k))
-    original = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(1)])
-    argv = ["--dataset", str(dataset), "--weights", str(start_dir), "--freeze-epochs", "2", "--epochs", "3",
-            "--logs-dir", str(tmp_path / "logs"), "--run-name", "tuned", *TINY_ARGS]
-    with pytest.raises(SystemExit):
-        train_cli.main(argv)
-    monkeypatch.setattr(callbacks, "training_callbacks", original)
-    assert train_cli.main(["--resume", str(tmp_path / "logs" / "tuned")]) == 0
-    out = capsys.readouterr().out
-    assert out.count("re-initialised predictions") == 1  # loaded once; the resume restores its backup
-    assert crops == [0.875] * 4  # training and validation data, both sessions
-
-    run_dir = tmp_path / "logs" / "tuned"
-    config = json.loads((run_dir / runs.RUN_FILE).read_text())
-    assert config["preprocessing"] == convert.OFFICIAL_PREPROCESSING
-    assert config["model_kwargs"]["activation"] == "relu"
-    assert (config["training"]["freeze_epochs"], config["training"]["fine_tune_lr"]) == (2, 1e-4)
-    start_backbone = file_weights(start_dir / runs.BEST_WEIGHTS)
-    epochs = callbacks.epoch_checkpoints(run_dir)
-    (first, first_head), (second, second_head), (third, _) = (backbone_and_head(epochs[epoch]) for epoch in (1, 2, 3))
-    for frozen in (first, second):
-        assert all(same_arrays(frozen[name], start_backbone[name]) for name in frozen)
-    assert not same_arrays(first_head, second_head)  # the head trains while the backbone is frozen
-    changed = [name for name in third if not same_arrays(third[name], second[name])]
-    assert "stream1_block1_dense_conv" in changed and "stream1_block1_dense_bn" in changed
-    batch_norms = [name for name in third if name.endswith("_bn")]
-    assert any(not np.array_equal(third[name][2], second[name][2]) for name in batch_norms)  # moving means
-
-    model, config = runs.load_run(run_dir)
-    normalization = model.get_layer("normalization")
-    np.testing.assert_allclose(np.ravel(keras.ops.convert_to_numpy(normalization.mean)),
-                               convert.OFFICIAL_PREPROCESSING["mean"], rtol=1e-6)
-    np.testing.assert_allclose(np.sqrt(np.ravel(keras.ops.convert_to_numpy(normalization.variance))),
-                               convert.OFFICIAL_PREPROCESSING["std"], rtol=1e-6)
-    from keras_parnet.evaluate import predict_files
-
-    image = next((dataset / "test" / "dark").iterdir())
-    cropped = infer(model, data.load_image(image, 32, 0.875)[None])
-    whole = infer(model, data.load_image(image, 32)[None])
-    assert not np.allclose(cropped, whole)
-    np.testing.assert_allclose(predict_files(model, [str(image)], config), cropped, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,7 @@
 """The three roles of a dataset folder: train/ trains, val/ or a recorded
---val-split of train/ selects the checkpoint, test/ is read only by evaluate."""
+--val-split of train/ selects the checkpoint, test/ is read only by evaluate.
+Training on the recorded split, and keeping it on --resume, is checked on
+test_train's end-to-end run."""
 
 import json
 import shutil
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, write_dark_bright_dataset
 
 from keras_parnet import data, runs
 from keras_parnet.cli import analyze as analyze_cli
@@ -197,47 +199,3 @@ def test_evaluate_reads_exactly_test_and_says_when_test_selected_the_checkpoint(
     assert saved["checkpoint_selected_on_test"] is True
     assert any("test split also selected the checkpoint" in message for message in saved["warnings"])
     assert "warning: the test split also selected the checkpoint" in (on_test / "report.txt").read_text()
-
-
-# Training: fit on train minus val, validate on val, and keep the split on --resume -------------
-
-
-@pytest.mark.slow
-def test_training_uses_the_recorded_split_and_resume_keeps_it(tmp_path, monkeypatch):
-    from keras_parnet import callbacks
-    from keras_parnet.cli._common import messages_to_console
-
-    dataset = write_dark_bright_dataset(tmp_path / "data", (6, 6), (2, 2))
-    calls = []
-    original = data.make_dataset
-
-    def recording(split_dir, *args, files=None, **kwargs):
-        calls.append((Path(split_dir).name, kwargs.get("training", False), sorted(files)))
-        return original(split_dir, *args, files=files, **kwargs)
-
-    monkeypatch.setattr(data, "make_dataset", recording)
-    original_callbacks = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks",
-                        lambda *a, **k: original_callbacks(*a, **k) + [interrupt_after(1)])
-    messages_to_console()
-    common = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--no-augment"]
-    with pytest.raises(SystemExit):
-        train_cli.train_with_flags(train_cli.build_parser().parse_args(
-            ["--dataset", str(dataset), "--logs-dir", str(tmp_path / "logs"), "--run-name", "r", *common,
-             "--epochs", "2", "--val-split", "0.34", "--seed", "3"]))
-    run_dir = tmp_path / "logs" / "r"
-    record = json.loads((run_dir / runs.RUN_FILE).read_text())["validation"]
-    val_files = sorted(str(dataset / relative) for relative in record["files"])
-    assert record["fraction"] == 0.34 and record["seed"] == 3
-    assert sorted(map(class_of, val_files)) == ["bright", "bright", "dark", "dark"]
-    train_files = sorted(set(image_files(dataset / "train")) - set(val_files))
-    assert calls == [("train", True, train_files), ("train", False, val_files)]
-
-    calls.clear()
-    monkeypatch.setattr(callbacks, "training_callbacks", original_callbacks)
-    added = dataset / "train" / "bright" / "added.jpg"
-    shutil.copy(train_files[0], added)
-    train_cli.train_with_flags(train_cli.build_parser().parse_args(["--resume", str(run_dir), "--epochs", "2"]))
-    assert calls == [("train", True, sorted(train_files + [str(added)])), ("train", False, val_files)]
-    assert json.loads((run_dir / runs.RUN_FILE).read_text())["validation"] == record
-    assert [row.split(",")[0] for row in (run_dir / "history.csv").read_text().splitlines()[1:]] == ["0", "1"]

@@ -217,6 +217,16 @@ def test_bad_config_is_one_line_error(tmp_path, capsys, text, words):
     assert str(path) in error and all(word in error for word in words)
 
 
+@pytest.mark.parametrize("flags, words", [(["--optimizer", "sgd"], ["--optimizer adam", "not --optimizer sgd"]),
+                                          (["--ema"], ["no --ema", "not --ema 0.9999"])])
+def test_resume_keeps_the_optimizer_its_backup_holds(tmp_path, flags, words):
+    run_dir = tmp_path / "run"
+    runs.save_run(run_dir, {**TINY_CONFIG, "training": {**DEFAULTS, "dataset": str(tmp_path)}})
+    with pytest.raises(train_module.TrainError) as error:
+        resolve_settings(parse_flags(["--resume", str(run_dir), *flags]))
+    assert all(word in str(error.value) for word in words) and f"drop {flags[0]}" in str(error.value)
+
+
 class EMARecorder(keras.callbacks.Callback):
     """Before any other callback ends an epoch: the trained and EMA weights."""
 

@@ -21,6 +21,8 @@ TOOL = "train"
 ARCHITECTURE_FLAGS = {"model": "--model", "widths": "--widths", "image_size": "--image-size",
                       "activation": "--activation",
                       "small_input": "--small-input"}
+# A resumed run's backup holds the state of its optimizer (with EMA variables or not).
+OPTIMIZER_STATE_FLAGS = {"optimizer": "--optimizer", "ema": "--ema"}
 AUGMENTATION_FLAGS = ("rotation", "width_shift", "height_shift", "shear", "zoom", "fill_mode")
 # Flags that pick the run folder rather than what trains: config.json leaves
 # them out (a run trained again from it gets its own folder), and --resume
@@ -243,8 +245,8 @@ def resolve_settings(args):
     first: the defaults, the --recipe's settings, the demo settings (when
     training on the demo), then the flags given (those of a --config file
     included, see `parse_flags`); a resumed run's settings replace all but the
-    flags given. A resumed run's architecture flags and --val-split cannot
-    change."""
+    flags given. A resumed run's architecture flags, --optimizer, --ema and
+    --val-split cannot change."""
     from keras_parnet.recipes import RECIPES
     from keras_parnet.runs import find_latest_run, read_run
     from keras_parnet.train import AUGMENTATION_OFF, DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, \
@@ -256,7 +258,7 @@ def resolve_settings(args):
         run_dir = find_latest_run(args.logs_dir) if args.resume == "latest" else Path(args.resume)
         recorded = read_run(run_dir).get("training", {})
         settings.update(recorded)
-        for key, flag in ARCHITECTURE_FLAGS.items():
+        for key, flag in {**ARCHITECTURE_FLAGS, **OPTIMIZER_STATE_FLAGS}.items():
             given = getattr(args, key)
             if given is not None and given != settings[key]:
                 raise TrainError(f"{run_dir} was trained with {_as_flag(flag, settings[key])}, not "

@@ -15,7 +15,7 @@ In a cluster the chief (task "chief", else worker 0) writes the run folder;
 the other workers write the same files into temporary folders removed at the
 end. Every worker shuffles the file list in the same order (a seed shared by
 the chief), takes its own contiguous part of each global batch and decodes
-and augments only those images (`per_worker_datasets`), so a step's global
+and augments only those images (`train.distributed_datasets`), so a step's global
 batch holds the images one device would train on with that seed, each image
 once per epoch.
 
@@ -192,21 +192,6 @@ def shard_by_data(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def per_worker_datasets(strategy, make_dataset, global_batch, drop_remainder):
-    """A distributed dataset whose workers each read only their shard:
-    `make_dataset(shard=(number of workers, this worker's index))` must give
-    this worker's part of every global batch of `global_batch` images; each
-    worker splits its part into its replicas' batches. `tf.distribute` then
-    shards nothing more (`distribute_datasets_from_function`), and a worker
-    left without images in a last batch steps with an empty one."""
-
-    def dataset_fn(context):
-        dataset = make_dataset(shard=(context.num_input_pipelines, context.input_pipeline_id))
-        return dataset.rebatch(context.get_per_replica_batch_size(global_batch), drop_remainder=drop_remainder)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def mixed_precision_policy():

@@ -187,11 +187,14 @@ def distributed_datasets(settings, dataset_dir, class_names, augmentation, strat
     every worker takes its own contiguous part of each global batch from the
     common shuffled file list and decodes only those images
     (`data.make_dataset(shard=...)`), batched per replica by
-    `distribute_datasets_from_function` (no auto-sharding). Validation is
-    sharded alike: each image is evaluated once, on one worker, and the
-    metrics' totals and counts are summed across workers, so the validation
-    loss and accuracy are those of the whole validation split.
+    `distribute_datasets_from_function` (no auto-sharding). Every worker
+    validates on every validation image: Keras sums the metrics' totals and
+    counts across workers, so the loss and accuracy are those of the
+    validation split; sharded, a split that does not divide evenly would give
+    the workers different numbers of steps, and each step all-reduces.
     """
+    import tensorflow as tf
+
     from keras_parnet import data, distribute
 
     train_files, val_files, record = splits
@@ -212,15 +215,23 @@ def distributed_datasets(settings, dataset_dir, class_names, augmentation, strat
             mixup=settings["mixup"], cutmix=settings["cutmix"])
         return with_class_weight(dataset, class_weight) if class_weight else dataset
 
-    def val_dataset(shard=None):
+    def val_dataset(batch_size=global_batch):
         dataset, _, counts["val"] = data.make_dataset(
-            dataset_dir / record["folder"], settings["image_size"], global_batch, class_names, cache=cache,
-            files=val_files, crop_fraction=crop_fraction, shard=shard)
+            dataset_dir / record["folder"], settings["image_size"], batch_size, class_names, cache=cache,
+            files=val_files, crop_fraction=crop_fraction)
         return dataset
 
+    def worker_train_dataset(context):
+        dataset = train_dataset(shard=(context.num_input_pipelines, context.input_pipeline_id))
+        worker_replicas = replicas // context.num_input_pipelines
+        # Rebatching forgets the number of batches, which Keras counts the steps from.
+        return dataset.rebatch(context.get_per_replica_batch_size(global_batch), drop_remainder=True).apply(
+            tf.data.experimental.assert_cardinality(counts["train"] // global_batch * worker_replicas))
+
     if distribute.worker_count(strategy) > 1:
-        train_data, val_data = (distribute.per_worker_datasets(strategy, make, global_batch, remainder)
-                                for make, remainder in ((train_dataset, drop_remainder), (val_dataset, False)))
+        train_data = strategy.distribute_datasets_from_function(worker_train_dataset)
+        val_data = strategy.distribute_datasets_from_function(
+            lambda context: val_dataset(context.get_per_replica_batch_size(global_batch)))
     else:
         train_data, val_data = train_dataset(), val_dataset()
         if replicas > 1:

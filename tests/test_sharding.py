@@ -41,7 +41,9 @@ def test_two_shards_split_every_batch_of_one_worker(split_dir, cache, drop_remai
         dataset, _, count = data.make_dataset(split_dir, 32, BATCH, shuffle=True, seed=7, cache=cache,
                                               shard=shard, drop_remainder=drop_remainder)
         assert count == 13
-        return batches_of_files(dataset, pixels_to_file)
+        batches = batches_of_files(dataset, pixels_to_file)
+        assert {len(epoch) for epoch in batches} == {int(dataset.cardinality())}  # Keras counts steps from it
+        return batches
 
     one_worker, worker0, worker1 = epochs(), epochs((2, 0)), epochs((2, 1))
     kept = 12 if drop_remainder else 13

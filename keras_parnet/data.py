@@ -741,7 +741,7 @@ def _recipe_layers(randaugment, random_erasing, mixup, cutmix):
         layers["randaugment"] = keras.layers.RandAugment(
             value_range=(0, 255), num_ops=2, factor=randaugment / RANDAUGMENT_MAGNITUDES, dtype="float32")
     if random_erasing:
-        # A single number p would draw each batch's erasing probability from [0, p].
+        # A single number p would draw each image's erasing probability from [0, p].
         layers["random_erasing"] = keras.layers.RandomErasing(
             factor=(random_erasing, random_erasing), value_range=(0, 255), dtype="float32")
     if mixup:

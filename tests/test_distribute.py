@@ -127,8 +127,9 @@ def free_ports(count):
     return ports
 
 
-def run_cluster(tmp_path, worker_args):
-    """Runs one worker process per `worker_args` entry as one cluster on
+def run_cluster(tmp_path, worker_args, script=WORKER):
+    """Runs `script` in one worker process per `worker_args` entry (its
+    argv[1] the .npz file it saves its results to) as one cluster on
     localhost; returns their exit codes and outputs."""
     addresses = [f"localhost:{port}" for port in free_ports(len(worker_args))]
     processes, logs = [], []
@@ -141,7 +142,7 @@ def run_cluster(tmp_path, worker_args):
         logs.append(tmp_path / f"worker{index}.log")
         with logs[-1].open("w") as log:  # files, not pipes: a full pipe would stall the cluster
             processes.append(subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(tmp_path / f"worker{index}.npz"), *args],
+                [sys.executable, "-c", script, str(tmp_path / f"worker{index}.npz"), *args],
                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         codes = [process.wait(timeout=TIMEOUT) for process in processes]

@@ -42,6 +42,25 @@ def infer(model, inputs):
     return keras.ops.convert_to_numpy(model(inputs, training=False))
 
 
+def set_known_answer(model, dark, light, win):
+    """Sets the classifier (`predictions`, two classes) so that uniform images
+    of gray level `dark` get class 0 and of level `light` class 1, each with
+    probability `win`: the logit difference is `logit(win) * d.(f - m) / |d|^2 * 2`
+    for pooled features f, d = f_dark - f_light and m their midpoint, i.e.
+    +-logit(win) at the two images. Returns the model and its pooled-features model."""
+    import keras
+
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    f_dark, f_light = (infer(features, np.full((1, *model.input_shape[1:3], 3), level))[0].astype("float64")
+                       for level in (dark, light))
+    d = f_dark - f_light
+    c = np.log(win / (1 - win)) / (d @ d)
+    kernel = np.stack([c * d, -c * d], axis=1)
+    bias = np.array([-c * d @ (f_dark + f_light) / 2, c * d @ (f_dark + f_light) / 2])
+    model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
+    return model, features
+
+
 @pytest.fixture
 def tiny_model():
     from keras_parnet import ParNet

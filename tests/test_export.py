@@ -175,6 +175,14 @@ def installed_formats():
     return list(export.FORMATS)
 
 
+def onednn_is_on():
+    """Whether this process's TensorFlow runs with oneDNN (TF_ENABLE_ONEDNN_OPTS,
+    or the CPU's default when unset)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return _pywrap_util_port.IsMklEnabled()
+
+
 # Exports every format, each reloaded and checked by the CLI (exit 1 when the
 # artifact's outputs differ, 2 when it cannot be written or run).
 EXPORT_ALL = """
@@ -186,17 +194,20 @@ sys.exit(max(export.main(["--run", run_dir, "--format", format, "--out", out_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("onednn", ["0", "1"])
-def test_every_format_exports_and_reloads_with_onednn_off_and_on(trained_run, tmp_path, onednn):
+def test_every_format_exports_and_reloads_with_the_other_onednn_setting(trained_run, tmp_path):
     """TensorFlow's oneDNN path is on by default on some CPUs and off on
     others (AMD EPYC), and it decides which graph rewrites a reloaded
     SavedModel gets: with it off, a grouped convolution followed by a bias add
     was fused into an op with no grouped kernel. The variable is read when
-    TensorFlow starts, so each setting runs in a process of its own."""
+    TensorFlow starts: test_artifact_takes_uint8_images_and_matches_the_trained_model
+    exports and reloads every format with this process's setting, and this
+    test with the other one, in a process of its own, so both are checked
+    on every CPU."""
     formats = installed_formats()
+    other = "0" if onednn_is_on() else "1"
     result = subprocess.run(
         [sys.executable, "-c", EXPORT_ALL, str(trained_run[0]), str(tmp_path), *formats],
-        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}, stdin=subprocess.DEVNULL,
+        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": other}, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -257,21 +268,35 @@ def test_dynamic_input_size_is_refused(tmp_path):
         export.export_model(ParNet(TINY_WIDTHS, classes=2), tmp_path / "m.tflite", "tflite")
 
 
+def export_main(capsys, *argv):
+    """export's `main` called in this process, as `run_cli` returns a process:
+    TensorFlow starts once per worker instead of once per call."""
+    argv = [str(arg) for arg in argv]
+    status = export_cli.main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("format", ["tflite", "savedmodel"])
-def test_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, format):
-    result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", format,
+def test_output_in_a_read_only_folder_is_one_line_in_a_real_process(trained_run, read_only_dir):
+    result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", "tflite",
                      "--out", read_only_dir)
     assert_one_line_error(result, str(read_only_dir), "read-only")
 
 
 @pytest.mark.slow
-def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir):
+def test_savedmodel_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, capsys):
+    result = export_main(capsys, "--run", trained_run[0], "--format", "savedmodel", "--out", read_only_dir)
+    assert_one_line_error(result, str(read_only_dir), "read-only")
+
+
+@pytest.mark.slow
+def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(trained_run, full_dir, capsys):
     previous = full_dir / "best_fused.tflite"
     previous.write_bytes(b"")  # an empty file still fits on the full disk
     os.truncate(full_dir / "filler", (full_dir / "filler").stat().st_size - 4096)
     previous.write_bytes(b"previous")
-    result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", "tflite", "--out", full_dir)
+    result = export_main(capsys, "--run", trained_run[0], "--format", "tflite", "--out", full_dir)
     assert_one_line_error(result, str(full_dir), "no space left")
     assert previous.read_bytes() == b"previous"
     assert sorted(path.name for path in full_dir.iterdir()) == ["best_fused.tflite", "filler"]
@@ -302,42 +327,42 @@ def test_failed_export_leaves_the_previous_artifact_whole(trained_run, tmp_path,
 
 
 @pytest.mark.slow
-def test_int8_tflite_of_a_trained_run_is_reported_and_flips_only_boundary_images(tmp_path):
+def test_int8_tflite_of_a_dark_bright_classifier_is_reported_and_flips_only_boundary_images(tmp_path):
     """Full-integer int8, calibrated on the run's training images, graded on the
-    test split with evaluate.py --artifact. The bound: int8 moves each class
-    probability by at most 0.15 (measured up to 0.12 on the demo run), and a
-    test image can only change class where the float model's two
+    test split with evaluate.py --artifact. The run's classifier tells dark
+    from bright images (`set_known_answer`: set, not trained, since the first
+    training step of a model costs ~50 s of tracing). The bound: int8 moves
+    each class probability by at most 0.15 (measured up to 0.12 on the demo
+    run), and a test image can only change class where the float model's two
     probabilities are closer than twice the largest move, so the accuracy
-    changes by at most the share of such boundary images. (How well a tiny run
-    learns in a few steps depends on the CPU's kernels; the bound does not.)"""
-    from conftest import write_dark_bright_dataset
+    changes by at most the share of such boundary images."""
+    from conftest import set_known_answer, write_dark_bright_dataset
 
     from keras_parnet import evaluate, predict
-    from keras_parnet.cli import train
     from keras_parnet.cli import evaluate as evaluate_cli
     from keras_parnet.data import scan_split
 
     data = write_dark_bright_dataset(tmp_path / "data", (12, 12), (6, 6))
-    logs = tmp_path / "logs"
-    assert train.main(["--dataset", str(data), "--logs-dir", str(logs), "--run-name", "r",
-                       "--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--small-input",
-                       "--batch-size", "4", "--epochs", "3", "--seed", "1", "--no-augment"]) == 0
-    run_dir = logs / "r"
+    run_dir = tmp_path / "logs" / "r"
+    config = runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS), "small_input": True}, 32,
+                            ["dark", "bright"], training={"dataset": str(data)})
+    set_known_answer(runs.build_model(config), 40, 210, 0.8)[0].save_weights(run_dir / runs.BEST_WEIGHTS)
     assert export_cli.main(["--run", str(run_dir), "--format", "tflite", "--quantize", "int8",
-                        "--calibration-images", "24"]) == 0
+                            "--calibration-images", "24"]) == 0
     artifact = export.default_output(run_dir / runs.BEST_WEIGHTS, "tflite", "int8")
     assert evaluate_cli.main(["--artifact", str(artifact), "--worst", "0"]) == 0
     report = json.loads((run_dir / evaluate.ARTIFACT_REPORTS / artifact.name / evaluate.REPORT_JSON).read_text())
 
     model, config = runs.load_run(run_dir)
     paths, labels, _ = scan_split(data / "test", config["class_names"])
-    trained = evaluate.predict_files(model, paths, config)
+    unquantized = evaluate.predict_files(model, paths, config)
+    assert np.mean(unquantized.argmax(1) == labels) > 0.5  # the float model does tell dark from bright
     quantized = evaluate.predict_files(predict.artifact_classifier(export.load_artifact(artifact)), paths, config)
-    largest_move = np.max(np.abs(quantized - trained))
+    largest_move = np.max(np.abs(quantized - unquantized))
     assert largest_move <= 0.15
-    boundary = np.abs(trained[:, 0] - trained[:, 1]) <= 2 * largest_move
-    changed = trained.argmax(1) != quantized.argmax(1)
+    boundary = np.abs(unquantized[:, 0] - unquantized[:, 1]) <= 2 * largest_move
+    changed = unquantized.argmax(1) != quantized.argmax(1)
     assert not np.any(changed & ~boundary)
     assert report["samples"] == len(paths) == 12
     assert report["accuracy"] == pytest.approx(np.mean(quantized.argmax(1) == labels))
-    assert abs(report["accuracy"] - np.mean(trained.argmax(1) == labels)) <= np.mean(boundary)
+    assert abs(report["accuracy"] - np.mean(unquantized.argmax(1) == labels)) <= np.mean(boundary)

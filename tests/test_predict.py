@@ -6,7 +6,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, randomize_batch_norm
+from conftest import TINY_WIDTHS, randomize_batch_norm, set_known_answer
 from PIL import Image
 
 from keras_parnet import compat, data, plots, predict, runs
@@ -30,30 +30,14 @@ def uniform(level):
     return np.full((1, SIZE, SIZE, 3), level, dtype="float32")
 
 
-def set_known_answer(model):
-    """Sets the classifier so that uniform dark images get `zebra_dark` and light
-    ones `ant_light`, each with probability WIN: the logit difference is
-    `log(4) * d.(f - m) / |d|^2 * 2` for pooled features f, d = f_dark - f_light
-    and m their midpoint, i.e. +-log(4) at the two images."""
-    features = keras.Model(model.input, model.get_layer("avg_pool").output)
-    f_dark, f_light = (features.predict(uniform(level), verbose=0)[0].astype("float64")
-                       for level in (DARK, LIGHT))
-    d = f_dark - f_light
-    c = np.log(WIN / (1 - WIN)) / (d @ d)
-    kernel = np.stack([c * d, -c * d], axis=1)
-    bias = np.array([-c * d @ (f_dark + f_light) / 2, c * d @ (f_dark + f_light) / 2])
-    model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
-    return model, features
-
-
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
     """A run folder (logs/run) whose best weights answer as `set_known_answer`
-    says, plus image files of every kind."""
+    says for DARK and LIGHT images with WIN, plus image files of every kind."""
     root = tmp_path_factory.mktemp("predict")
     run_dir = root / "logs" / "run"
     config = runs.write_run(run_dir, "ParNet", {"widths": list(TINY_WIDTHS)}, SIZE, CLASSES)
-    model, features = set_known_answer(randomize_batch_norm(runs.build_model(config)))
+    model, features = set_known_answer(randomize_batch_norm(runs.build_model(config)), DARK, LIGHT, WIN)
     model.save_weights(run_dir / runs.BEST_WEIGHTS)
 
     images = root / "images"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from keras_parnet import callbacks, runs
 from keras_parnet.cli._common import messages_to_console
-from keras_parnet.cli.train import build_parser, main, train_with_flags
+from keras_parnet.cli.train import build_parser, main, parse_flags, resolve_settings, resolved_flags, train_with_flags
 from keras_parnet.models import HEAD_LAYER
 
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
@@ -93,6 +93,12 @@ def test_fine_tune_with_a_val_split_interrupted_and_resumed(converted, tmp_path,
     assert (run_dir / "backup").is_dir()
     first_session = set(run_dir.glob("ep*.weights.h5"))
     assert len(first_session) == 1
+    # config.json: the flags as resolved, which --config resolves back to; not the run folder's name.
+    config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+    again = parse_flags(["--config", str(run_dir / runs.CONFIG_FILE)])
+    assert resolved_flags(again, resolve_settings(again)[0]) == config
+    assert (config["weights"], config["freeze_epochs"], config["val_split"], config["widths"]) == (
+        str(start_dir), 2, 0.34, list(TINY_WIDTHS)) and "run_name" not in config
 
     record = json.loads((run_dir / runs.RUN_FILE).read_text())["validation"]
     val_files = sorted(str(dataset / relative) for relative in record["files"])
@@ -108,6 +114,7 @@ def test_fine_tune_with_a_val_split_interrupted_and_resumed(converted, tmp_path,
     shutil.copy(train_files[0], added)
     resumed_dir, model = train_with_flags(build_parser().parse_args(["--resume", str(run_dir)]))
     assert resumed_dir == run_dir
+    assert json.loads((run_dir / runs.CONFIG_FILE).read_text()) == config  # a resumed run keeps its config
     out = capsys.readouterr().out
     assert "Epoch 2/3" in out and "Epoch 1/3" not in out
     assert (first_out + out).count("re-initialised predictions") == 1  # loaded once; the resume restores its backup

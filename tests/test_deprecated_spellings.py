@@ -85,6 +85,7 @@ def test_analyze_positional_dataset_is_dataset(tmp_path, capsys):
     assert len(new) == 1 and new[0].startswith("error: ") and str(missing) in new[0]
 
 
+@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
 def test_python_m_keras_parnet_analyze_still_runs(tmp_path):
     """A real process: the module's old entry point says what replaces it and runs the tool."""
     from conftest import run_cli

@@ -417,6 +417,7 @@ def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
     assert _files(read_only_run) == before
 
 
+@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
 def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path):
     """A real process: the curves are drawn from the readable rows, one plain
     `warning:` line (no `UserWarning` and source line) names the torn row,

@@ -301,6 +301,7 @@ def test_image_size_below_the_minimum_is_one_line(known, monkeypatch, capsys, si
                    "or leave it out for the run's size."]
 
 
+@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
 def test_image_size_below_the_minimum_in_a_real_process(known):
     from conftest import assert_one_line_error, run_cli
 

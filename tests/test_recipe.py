@@ -227,6 +227,12 @@ def test_resume_keeps_the_optimizer_its_backup_holds(tmp_path, flags, words):
     assert all(word in str(error.value) for word in words) and f"drop {flags[0]}" in str(error.value)
 
 
+def test_warmup_without_the_cosine_schedule_is_an_error(tmp_path):
+    with pytest.raises(train_module.TrainError, match="--warmup-epochs 2 warms up the cosine schedule"):
+        resolve_settings(parse_flags(["--warmup-epochs", "2", "--dataset", str(tmp_path)]))
+    assert resolve_settings(parse_flags(["--warmup-epochs", "2", "--recipe", "paper", "--dataset", str(tmp_path)]))
+
+
 class EMARecorder(keras.callbacks.Callback):
     """Before any other callback ends an epoch: the trained and EMA weights."""
 

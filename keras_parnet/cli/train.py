@@ -280,6 +280,9 @@ def resolve_settings(args):
     settings.update({key: value for key, value in given.items() if key in DEFAULTS or key == "dataset"})
     if args.no_augment:
         settings.update(AUGMENTATION_OFF)
+    if settings["warmup_epochs"] and settings["schedule"] != "cosine":
+        raise TrainError(f"--warmup-epochs {settings['warmup_epochs']} warms up the cosine schedule, not "
+                         f"--schedule {settings['schedule']}: pass --schedule cosine too, or drop --warmup-epochs.")
     settings.setdefault("dataset", DEFAULT_DATASET)
     return settings, run_dir
 

@@ -222,8 +222,9 @@ def _write_split(split_dir, images_per_class, rng, size=(36, 40)):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A run folder of a tiny ParNet at 32 px with its history, the test
-    split's paths and labels, and what `model.predict` gives for them."""
-    from conftest import TINY_WIDTHS, randomize_batch_norm
+    split's paths and labels, and what the model gives for them (an eager
+    call: `predict` would trace a function for this one batch)."""
+    from conftest import TINY_WIDTHS, infer, randomize_batch_norm
 
     from keras_parnet import ParNet
     from keras_parnet.data import load_image
@@ -242,7 +243,7 @@ def trained_run(tmp_path_factory):
         "0,0.4,1.2,0.001,0.3,1.3\n1,0.5,1.0,0.00095,0.4,1.1\n")
     # The bare network on numpy-scaled pixels: the run's model scales them in its first layer.
     images = np.stack([load_image(path, 32) for path in test_paths]) / 255
-    probabilities = model.predict(images, verbose=0)
+    probabilities = infer(model, images)
     return run_dir, test_paths, test_labels, probabilities
 
 

@@ -6,7 +6,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, randomize_batch_norm, set_known_answer
+from conftest import TINY_WIDTHS, infer, randomize_batch_norm, set_known_answer
 from PIL import Image
 
 from keras_parnet import compat, data, plots, predict, runs
@@ -92,7 +92,7 @@ def test_predict_image_matches_known_answer_and_title(known):
         ranked = predict.predict_image(model, known["images"] / name, CLASSES, SIZE, top_k=2)
         # Independent: numpy softmax over the pooled features and the Dense weights.
         kernel, bias = model.get_layer("predictions").get_weights()
-        reference = softmax(known["features"].predict(uniform(level), verbose=0) @ kernel + bias)[0]
+        reference = softmax(infer(known["features"], uniform(level)) @ kernel + bias)[0]
         assert [n for n, _ in ranked] == [expected, *(n for n in CLASSES if n != expected)]
         np.testing.assert_allclose([p for _, p in ranked], sorted(reference, reverse=True), atol=1e-5)
         assert ranked[0][1] == pytest.approx(WIN, abs=1e-4)

@@ -189,6 +189,7 @@ def test_class_names_come_from_the_run_in_label_order(known, monkeypatch, capsys
     assert code == 0 and out == [f"{dark}\tfirst\t0.800"]
 
 
+@pytest.mark.slow  # loads and fuses the run six ways (20 s of the fast loop)
 def test_every_weights_format_gives_identical_probabilities(known, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(known["run_dir"], run_dir)

@@ -179,6 +179,7 @@ def evaluated_paths(monkeypatch):
     return calls
 
 
+@pytest.mark.slow  # evaluates two run folders end to end (17 s of the fast loop)
 def test_evaluate_reads_exactly_test_and_says_when_test_selected_the_checkpoint(dataset, tmp_path,
                                                                                 evaluated_paths):
     from keras_parnet.evaluate import evaluate_run

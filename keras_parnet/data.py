@@ -713,9 +713,8 @@ def _augment(images, seed, augmentation):
 # Where Keras' layers differ from timm's (the paper's --aa rand-m9-mstd0.5 --reprob P --remode pixel):
 # - RandAugment(value_range=(0, 255), num_ops=2, factor=M / 10) applies 2 of 11 operations to every image
 #   (timm: of 15, with invert and solarize-add, each applied with probability 0.5), each at a strength drawn
-#   from [0, M/10] of Keras' range (timm: M/10, M jittered by mstd 0.5, of its own range). Keras' geometric
-#   ranges are wider: at M 9 rotation up to 324 degrees and translation up to 90% of the size, one way (timm:
-#   +-27 degrees and +-40%).
+#   from [0, M/10] of Keras' range (timm: M/10, M jittered by mstd 0.5, of its own range); rotation, shear
+#   and translation take timm's ranges (`_randaugment_layer`), drawn uniformly in [-M/10, M/10] of them.
 # - RandomErasing fills a box whose sides are sqrt(U(0.02, 0.33)) of the image's (timm: area U(0.02, 1/3),
 #   log-uniform aspect 0.3-3.3) with per-pixel noise N(0, 1) in 0-1 units clipped to [0, 1] (timm: N(0, 1)
 #   in the normalized input, unclipped: the same before clipping for models that only rescale).
@@ -738,8 +737,7 @@ def _recipe_layers(randaugment, random_erasing, mixup, cutmix):
                          f"got {cutmix}.")
     layers = {}
     if randaugment is not None:
-        layers["randaugment"] = keras.layers.RandAugment(
-            value_range=(0, 255), num_ops=2, factor=randaugment / RANDAUGMENT_MAGNITUDES, dtype="float32")
+        layers["randaugment"] = _randaugment_layer(randaugment)
     if random_erasing:
         # A single number p would draw each image's erasing probability from [0, p].
         layers["random_erasing"] = keras.layers.RandomErasing(
@@ -750,6 +748,32 @@ def _recipe_layers(randaugment, random_erasing, mixup, cutmix):
         # A single number a would draw each batch's alpha from [0, a].
         layers["cutmix"] = keras.layers.CutMix(factor=(cutmix, cutmix), dtype="float32")
     return layers
+
+
+# timm's RandAugment ranges at the top magnitude (rand_augment_ops: rotate 30 degrees, shear 0.3,
+# translate_pct 0.45 of the size), each op taking magnitude / 10 of it with either sign.
+TIMM_MAX_ROTATION_DEGREES = 30.0
+TIMM_MAX_SHEAR = 0.3
+TIMM_MAX_TRANSLATION = 0.45
+
+
+def _randaugment_layer(magnitude):
+    """`keras.layers.RandAugment` at timm's `magnitude` (0-10): its colour
+    operations at factor magnitude / 10, its rotation, shear and translation
+    replaced by layers of timm's ranges, `[-r, r]` with `r` magnitude / 10 of
+    timm's largest. Keras' own geometric ranges scale the same factor to a
+    whole turn and the whole image size: at magnitude 9, rotations up to 324
+    degrees and shifts up to 90% (timm: 27 degrees and 40%)."""
+    level = magnitude / RANDAUGMENT_MAGNITUDES
+    layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=level, dtype="float32")
+    common = {"interpolation": layer.interpolation, "dtype": "float32"}
+    layer.random_rotation = keras.layers.RandomRotation(
+        factor=level * TIMM_MAX_ROTATION_DEGREES / 360, **common)  # a fraction of a turn, either way
+    layer.random_shear = keras.layers.RandomShear(
+        x_factor=level * TIMM_MAX_SHEAR, y_factor=level * TIMM_MAX_SHEAR, **common)
+    layer.random_translation = keras.layers.RandomTranslation(
+        height_factor=level * TIMM_MAX_TRANSLATION, width_factor=level * TIMM_MAX_TRANSLATION, **common)
+    return layer
 
 
 def _seeded(layer, seed):

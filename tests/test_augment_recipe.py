@@ -228,3 +228,18 @@ def test_randaugment_per_image_gives_the_pixels_of_the_keras_layer_called_on_eac
     for image, original, image_seed in zip(fast, originals, tf.random.experimental.stateless_split(seed, CLASSES)):
         with data._seeded(layer, image_seed):
             np.testing.assert_array_equal(image, layer(original).numpy())
+
+
+def test_randaugment_geometry_has_timms_ranges():
+    """At magnitude 9, rotation, shear and translation are drawn from timm's
+    ranges at 9/10 (+-27 degrees, +-0.27 shear, +-40.5% of the size) with
+    both signs, not Keras' (a factor 0.9 of a whole turn and of the size)."""
+    size = 16
+    layer = data._randaugment_layer(9)
+    transforms = layer.get_random_transformation(np.zeros((512, size, size, 3), "float32"))["transforms"]
+    for values, limit in ((transforms["random_rotation"]["angle"], 27.0),
+                          (transforms["random_shear"]["shear_factor"], 0.27),
+                          (transforms["random_translation"]["translations"], 0.405 * size)):
+        values = np.asarray(values)
+        assert np.abs(values).max() <= limit + 1e-4
+        assert values.max() > 0.8 * limit and values.min() < -0.8 * limit

@@ -70,8 +70,8 @@ ARCHITECTURE_SETTINGS = ("model", "widths", "image_size", "small_input", "activa
 FINE_TUNE_LR_DIVISOR = 10
 # "randaugment" is a magnitude on timm's scale, 0 to this (rand-m9: 9).
 RANDAUGMENT_MAGNITUDES = 10
-# The augmentation settings, off (what --no-augment sets).
-AUGMENTATION_OFF = {"randaugment": None, "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0}
+# The augmentation settings at their defaults, off (what --no-augment sets).
+AUGMENTATION_OFF = {key: DEFAULTS[key] for key in ("randaugment", "random_erasing", "mixup", "cutmix")}
 # "optimizer": Keras' Adam, SGD with momentum, SGD with Nesterov momentum (timm's "sgd"), AdamW.
 OPTIMIZERS = ("adam", "sgd", "nesterov", "adamw")
 # "schedule": `lr_decay` per epoch, or a cosine over the epochs after `warmup_epochs`.

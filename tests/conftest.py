@@ -103,6 +103,42 @@ def converted(tmp_path_factory):
     return run_dir, model
 
 
+# One block per stream instead of (4, 5, 5): the model of the tests of
+# training's machinery (resume, kills, clusters), where depth changes nothing
+# but the time (a tiny ParNet's training step traces in half the time). The
+# architecture's tests keep the real depths.
+SHALLOW_STREAM_DEPTHS = (1, 1, 1)
+
+
+@pytest.fixture
+def shallow_streams(monkeypatch):
+    """Builders make ParNets of `SHALLOW_STREAM_DEPTHS` during the test."""
+    from keras_parnet import models
+
+    monkeypatch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
+
+
+def with_eager_steps(compiled_model):
+    """`train.compiled_model` whose models run their steps eagerly: a tiny
+    ParNet's few steps run faster than tracing them (each trace of a training
+    or validation step costs several seconds)."""
+
+    def eager_model(*args, **kwargs):
+        model = compiled_model(*args, **kwargs)
+        model.run_eagerly = True
+        return model
+
+    return eager_model
+
+
+@pytest.fixture
+def eager_training(monkeypatch):
+    """train.py with eager steps (`with_eager_steps`)."""
+    from keras_parnet import train
+
+    monkeypatch.setattr(train, "compiled_model", with_eager_steps(train.compiled_model))
+
+
 def interrupt_after(epochs):
     """A Keras callback that stops training as Ctrl-C would (KeyboardInterrupt)
     at the end of epoch `epochs` (1-based)."""

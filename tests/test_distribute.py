@@ -17,25 +17,27 @@ import pytest
 from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 
 from keras_parnet import callbacks, distribute, runs
-from keras_parnet import train as train_module
 from keras_parnet.cli.train import build_parser, main, train_with_flags
-from keras_parnet.train import compiled_model
 
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--seed", "1"]
 TIMEOUT = 600
 
-# Runs train.py's `train` in a worker process and saves the final weights and
-# optimizer step count to argv[1]. Grappler's graph rewrites take about half
-# of the time two workers spend tracing on 2 CPU cores; they change speed only.
-WORKER = textwrap.dedent("""
+# Runs train.py's `train` in a worker process (shallow streams) and saves the
+# final weights and optimizer step count to argv[1]. Grappler's graph rewrites
+# take about half of the time two workers spend tracing on 2 CPU cores; they
+# change speed only.
+WORKER = textwrap.dedent(f"""
     import sys
     import numpy as np
     import tensorflow as tf
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from conftest import SHALLOW_STREAM_DEPTHS
+    from keras_parnet import models
     from keras_parnet.cli._common import messages_to_console
     from keras_parnet.cli.train import build_parser, train_with_flags
 
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-
+    tf.config.optimizer.set_experimental_options({{"disable_meta_optimizer": True}})
+    models.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
     messages_to_console()
     _, model = train_with_flags(build_parser().parse_args(sys.argv[2:]))
     np.savez(sys.argv[1], *model.get_weights(), iterations=int(model.optimizer.iterations.numpy()))
@@ -158,20 +160,8 @@ def dataset(tmp_path_factory):
     return write_dark_bright_dataset(tmp_path_factory.mktemp("data"), (8, 7), (3, 3), ".png")
 
 
-@pytest.fixture
-def eager_training(monkeypatch):
-    """train.py with eager steps: a few steps run faster than tracing them."""
-
-    def eager_model(*args, **kwargs):
-        model = compiled_model(*args, **kwargs)
-        model.run_eagerly = True
-        return model
-
-    monkeypatch.setattr(train_module, "compiled_model", eager_model)
-
-
 @pytest.mark.slow
-def test_two_workers_resume_a_run_together(dataset, tmp_path, eager_training, monkeypatch):
+def test_two_workers_resume_a_run_together(dataset, tmp_path, shallow_streams, monkeypatch):
     """A run interrupted after epoch 1 of 3 on one device is resumed by a
     2-worker cluster, which trains epochs 2 and 3: only the chief writes, and
     both workers end with the same weights and optimizer state."""
@@ -231,7 +221,7 @@ def test_mirrored_step_equals_one_device_step_on_the_global_batch():
 
 
 @pytest.mark.slow
-def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_training):
+def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, shallow_streams, eager_training):
     run_dir, model = train_with_flags(build_parser().parse_args(
         ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "8", "--epochs", "1", "--mixed-precision",
          "--logs-dir", str(tmp_path)]))

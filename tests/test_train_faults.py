@@ -4,13 +4,15 @@ starts, and resumes that cannot work.
 
 The kill tests run train.py's `main` in a subprocess (a driver script) that
 signals its own process at the moment that hurts: right after an epoch's
-checkpoint is written, or half way through the backup write. Training is
-eager there: a few tiny steps run faster than tracing them."""
+checkpoint is written, or half way through the backup write. The driver
+trains a ParNet of shallow streams (conftest.SHALLOW_STREAM_DEPTHS) with
+eager steps: a few tiny steps run faster than tracing them."""
 
 import csv
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -24,11 +26,13 @@ TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-
 
 # argv: FAULT TRAIN_ARGS... where FAULT is "none", "<kind>:<epoch>" or
 # "fill-disk:<epoch>:<file>" (fill the file's file system as that epoch begins).
-DRIVER = textwrap.dedent("""
+DRIVER = textwrap.dedent(f"""
     import os, signal, sys
     from pathlib import Path
     import keras
-    from keras_parnet import callbacks, train
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from conftest import SHALLOW_STREAM_DEPTHS, with_eager_steps
+    from keras_parnet import callbacks, models, train
     from keras_parnet.cli import train as train_cli
 
     fault, *args = sys.argv[1:]
@@ -36,12 +40,8 @@ DRIVER = textwrap.dedent("""
     epoch, _, filler = rest.partition(":")
     epoch = int(epoch or 0)
 
-    compiled_model = train.compiled_model
-    def eager_model(*a, **k):
-        model = compiled_model(*a, **k)
-        model.run_eagerly = True
-        return model
-    train.compiled_model = eager_model
+    models.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
+    train.compiled_model = with_eager_steps(train.compiled_model)
 
     save_weights = callbacks.save_weights
     def faulty_save_weights(model, path):
@@ -52,7 +52,7 @@ DRIVER = textwrap.dedent("""
             os.truncate(partial, partial.stat().st_size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
         save_weights(model, path)
-        if kind.endswith("-after-checkpoint") and path.name.startswith(f"ep{epoch:03d}-"):
+        if kind.endswith("-after-checkpoint") and path.name.startswith(f"ep{{epoch:03d}}-"):
             os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill-after-checkpoint" else signal.SIGINT)
     callbacks.save_weights = faulty_save_weights
 

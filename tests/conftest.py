@@ -1,5 +1,6 @@
 import contextlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -118,6 +119,33 @@ def shallow_streams(monkeypatch):
     monkeypatch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
 
 
+@pytest.fixture(scope="module")
+def shallow_module():
+    """Builders make ParNets of `SHALLOW_STREAM_DEPTHS` during the whole
+    module (its run folders are built and loaded with them; `run_cli` follows)."""
+    from keras_parnet import models
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
+        yield
+
+
+# The start of a script that builds ParNets of shallow streams in a fresh process.
+SHALLOW_PRELUDE = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import SHALLOW_STREAM_DEPTHS
+from keras_parnet import models
+models.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
+"""
+
+# `python -c SHALLOW_MAIN MODULE ARGS...` runs `python -m MODULE ARGS...` with shallow streams.
+SHALLOW_MAIN = SHALLOW_PRELUDE + """
+import runpy
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
+
 def with_eager_steps(compiled_model):
     """`train.compiled_model` whose models run their steps eagerly: a tiny
     ParNet's few steps run faster than tracing them (each trace of a training
@@ -211,12 +239,17 @@ def full_dir(tmp_path):
 
 def run_cli(module, *args, cwd=None, env=None, timeout=600):
     """Runs `python -m <module> args` in a fresh process, as a user would,
-    with no standard input; returns the `CompletedProcess` (text output)."""
+    with no standard input, building ParNets of this process's stream depths
+    (see `shallow_streams`); returns the `CompletedProcess` (text output)."""
     import subprocess
     import sys
 
+    from keras_parnet import models
+
+    shallow = models.STREAM_DEPTHS == SHALLOW_STREAM_DEPTHS
     environment = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=environment,
+    command = ["-c", SHALLOW_MAIN] if shallow else ["-m"]
+    return subprocess.run([sys.executable, *command, module, *map(str, args)], cwd=cwd, env=environment,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
+from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
 
 from keras_parnet import callbacks, distribute, runs
 from keras_parnet.cli.train import build_parser, main, train_with_flags
@@ -26,27 +26,23 @@ TIMEOUT = 600
 # final weights and optimizer step count to argv[1]. Grappler's graph rewrites
 # take about half of the time two workers spend tracing on 2 CPU cores; they
 # change speed only.
-WORKER = textwrap.dedent(f"""
-    import sys
+WORKER = SHALLOW_PRELUDE + textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
-    sys.path.insert(0, {str(Path(__file__).parent)!r})
-    from conftest import SHALLOW_STREAM_DEPTHS
-    from keras_parnet import models
     from keras_parnet.cli._common import messages_to_console
     from keras_parnet.cli.train import build_parser, train_with_flags
 
-    tf.config.optimizer.set_experimental_options({{"disable_meta_optimizer": True}})
-    models.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     messages_to_console()
     _, model = train_with_flags(build_parser().parse_args(sys.argv[2:]))
     np.savez(sys.argv[1], *model.get_weights(), iterations=int(model.optimizer.iterations.numpy()))
 """)
 
 # Two logical CPU devices (set before TensorFlow starts): one step of mirrored
-# training and one step on one device, same start weights and global batch.
-MIRRORED = textwrap.dedent("""
-    import json, sys
+# training and one step on one device, same start weights and global batch
+# (shallow streams).
+MIRRORED = SHALLOW_PRELUDE + textwrap.dedent("""
+    import json
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -29,6 +29,8 @@ EXPECTED_RECALL = [2 / 3, 2 / 2, 0 / 4]
 EXPECTED_F1 = [4 / 7, 4 / 7, 0.0]  # 2pr / (p + r)
 EXPECTED_SUPPORT = [3, 2, 4]
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # predicting and reporting need no depth
+
 
 def test_confusion_matrix_counts_pairs():
     rng = np.random.default_rng(0)

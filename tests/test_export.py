@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, assert_one_line_error, randomize_batch_norm, run_cli
+from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, randomize_batch_norm, run_cli
 
 from keras_parnet import export, runs
 from keras_parnet.cli import export as export_cli
+
+pytestmark = pytest.mark.usefixtures("shallow_module")  # exporting needs no depth
 
 IMAGE_SIZE = (45, 77)  # odd and non-square: every padding rule is exercised
 CLASSES = ["cat", "dog", "owl"]
@@ -185,8 +187,7 @@ def onednn_is_on():
 
 # Exports every format, each reloaded and checked by the CLI (exit 1 when the
 # artifact's outputs differ, 2 when it cannot be written or run).
-EXPORT_ALL = """
-import sys
+EXPORT_ALL = SHALLOW_PRELUDE + """
 from keras_parnet.cli import export
 run_dir, out_dir, *formats = sys.argv[1:]
 sys.exit(max(export.main(["--run", run_dir, "--format", format, "--out", out_dir]) for format in formats))

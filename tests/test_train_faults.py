@@ -12,12 +12,11 @@ import csv
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, assert_one_line_error, write_dark_bright_dataset
+from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, write_dark_bright_dataset
 
 from keras_parnet import callbacks, runs
 from keras_parnet.cli.train import main
@@ -26,13 +25,12 @@ TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-
 
 # argv: FAULT TRAIN_ARGS... where FAULT is "none", "<kind>:<epoch>" or
 # "fill-disk:<epoch>:<file>" (fill the file's file system as that epoch begins).
-DRIVER = textwrap.dedent(f"""
-    import os, signal, sys
+DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
+    import os, signal
     from pathlib import Path
     import keras
-    sys.path.insert(0, {str(Path(__file__).parent)!r})
-    from conftest import SHALLOW_STREAM_DEPTHS, with_eager_steps
-    from keras_parnet import callbacks, models, train
+    from conftest import with_eager_steps
+    from keras_parnet import callbacks, train
     from keras_parnet.cli import train as train_cli
 
     fault, *args = sys.argv[1:]
@@ -40,7 +38,6 @@ DRIVER = textwrap.dedent(f"""
     epoch, _, filler = rest.partition(":")
     epoch = int(epoch or 0)
 
-    models.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
     train.compiled_model = with_eager_steps(train.compiled_model)
 
     save_weights = callbacks.save_weights
@@ -52,7 +49,7 @@ DRIVER = textwrap.dedent(f"""
             os.truncate(partial, partial.stat().st_size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
         save_weights(model, path)
-        if kind.endswith("-after-checkpoint") and path.name.startswith(f"ep{{epoch:03d}}-"):
+        if kind.endswith("-after-checkpoint") and path.name.startswith(f"ep{epoch:03d}-"):
             os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill-after-checkpoint" else signal.SIGINT)
     callbacks.save_weights = faulty_save_weights
 

@@ -104,19 +104,12 @@ def converted(tmp_path_factory):
     return run_dir, model
 
 
-# One block per stream instead of (4, 5, 5): the model of the tests of
-# training's machinery (resume, kills, clusters), where depth changes nothing
-# but the time (a tiny ParNet's training step traces in half the time). The
-# architecture's tests keep the real depths.
+# One block per stream instead of (4, 5, 5): the model of the modules that
+# mark themselves `pytest.mark.usefixtures("shallow_module")`, those of what
+# is done with a model (training's machinery, saving, exporting, predicting),
+# where depth changes nothing but the time: a tiny ParNet builds, traces and
+# exports in about half the time. The architecture's tests keep the real depths.
 SHALLOW_STREAM_DEPTHS = (1, 1, 1)
-
-
-@pytest.fixture
-def shallow_streams(monkeypatch):
-    """Builders make ParNets of `SHALLOW_STREAM_DEPTHS` during the test."""
-    from keras_parnet import models
-
-    monkeypatch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +233,7 @@ def full_dir(tmp_path):
 def run_cli(module, *args, cwd=None, env=None, timeout=600):
     """Runs `python -m <module> args` in a fresh process, as a user would,
     with no standard input, building ParNets of this process's stream depths
-    (see `shallow_streams`); returns the `CompletedProcess` (text output)."""
+    (see `shallow_module`); returns the `CompletedProcess` (text output)."""
     import subprocess
     import sys
 

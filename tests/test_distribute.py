@@ -19,6 +19,8 @@ from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, interrupt_after, write_dark_b
 from keras_parnet import callbacks, distribute, runs
 from keras_parnet.cli.train import build_parser, main, train_with_flags
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--seed", "1"]
 TIMEOUT = 600
 
@@ -157,7 +159,7 @@ def dataset(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_workers_resume_a_run_together(dataset, tmp_path, shallow_streams, monkeypatch):
+def test_two_workers_resume_a_run_together(dataset, tmp_path, monkeypatch):
     """A run interrupted after epoch 1 of 3 on one device is resumed by a
     2-worker cluster, which trains epochs 2 and 3: only the chief writes, and
     both workers end with the same weights and optimizer state."""
@@ -217,7 +219,7 @@ def test_mirrored_step_equals_one_device_step_on_the_global_batch():
 
 
 @pytest.mark.slow
-def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, shallow_streams, eager_training):
+def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_training):
     run_dir, model = train_with_flags(build_parser().parse_args(
         ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "8", "--epochs", "1", "--mixed-precision",
          "--logs-dir", str(tmp_path)]))

@@ -15,6 +15,8 @@ from keras_parnet import train as train_module
 from keras_parnet.cli.train import main, parse_flags, resolve_settings, resolved_flags
 from keras_parnet.train import DEFAULTS, compiled_model
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 TINY_CONFIG = runs.run_config("ParNet", {"widths": list(TINY_WIDTHS), "small_input": True, "dropout": 0.0}, 32,
                               ["dark", "bright"])
 # keras_parnet/train.py's DEFAULTS at 0890076, before the recipe knobs, and

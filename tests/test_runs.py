@@ -8,6 +8,8 @@ from conftest import TINY_WIDTHS, infer
 
 from keras_parnet import runs
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 CLASSES = ["zebra", "ant", "moth"]
 
 

@@ -6,6 +6,8 @@ from conftest import TINY_WIDTHS, infer, randomize_batch_norm
 
 from keras_parnet import ParNet, compat
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 
 def fresh_tiny(**kwargs):
     return ParNet(TINY_WIDTHS, classes=3, name="tiny", **kwargs)

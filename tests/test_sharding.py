@@ -13,6 +13,8 @@ from conftest import TINY_WIDTHS, write_dark_bright_dataset
 from keras_parnet import ParNet, data, distribute
 from keras_parnet.cli.train import build_parser, resolve_settings
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 BATCH = 4  # a global batch of 2 workers x 2 images
 EPOCHS = 3
 

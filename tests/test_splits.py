@@ -15,6 +15,8 @@ from keras_parnet import data, runs
 from keras_parnet.cli import analyze as analyze_cli
 from keras_parnet.cli import train as train_cli
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 CLASS_NAMES = ["bright", "dark"]
 
 

@@ -13,6 +13,8 @@ from keras_parnet import analyze, evaluate
 from keras_parnet.cli import analyze as analyze_cli
 from keras_parnet.cli import evaluate as evaluate_cli
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 
 @pytest.fixture
 def dataset(tmp_path):

@@ -21,6 +21,8 @@ from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, write_
 from keras_parnet import callbacks, runs
 from keras_parnet.cli.train import main
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
 
 # argv: FAULT TRAIN_ARGS... where FAULT is "none", "<kind>:<epoch>" or

@@ -246,6 +246,18 @@ def run_cli(module, *args, cwd=None, env=None, timeout=600):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
+def main_as_process(main, capsys, *argv):
+    """A tool's `main(argv)` called in this process, as `run_cli` returns a
+    process (`CompletedProcess`): TensorFlow starts once per worker instead of
+    once per call."""
+    import subprocess
+
+    argv = [str(arg) for arg in argv]
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
 def assert_one_line_error(result, *words, status=2):
     """The process exited with `status`, printed no traceback, and its last
     stderr line is `error: ...` naming every one of `words`."""

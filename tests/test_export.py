@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, randomize_batch_norm, run_cli
+from conftest import (SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, main_as_process,
+                      randomize_batch_norm, run_cli)
 
 from keras_parnet import export, runs
 from keras_parnet.cli import export as export_cli
@@ -269,15 +270,6 @@ def test_dynamic_input_size_is_refused(tmp_path):
         export.export_model(ParNet(TINY_WIDTHS, classes=2), tmp_path / "m.tflite", "tflite")
 
 
-def export_main(capsys, *argv):
-    """export's `main` called in this process, as `run_cli` returns a process:
-    TensorFlow starts once per worker instead of once per call."""
-    argv = [str(arg) for arg in argv]
-    status = export_cli.main(argv)
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, status, out, err)
-
-
 @pytest.mark.slow
 def test_output_in_a_read_only_folder_is_one_line_in_a_real_process(trained_run, read_only_dir):
     result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", "tflite",
@@ -287,7 +279,8 @@ def test_output_in_a_read_only_folder_is_one_line_in_a_real_process(trained_run,
 
 @pytest.mark.slow
 def test_savedmodel_output_in_a_read_only_folder_is_one_line(trained_run, read_only_dir, capsys):
-    result = export_main(capsys, "--run", trained_run[0], "--format", "savedmodel", "--out", read_only_dir)
+    result = main_as_process(export_cli.main, capsys, "--run", trained_run[0], "--format", "savedmodel",
+                             "--out", read_only_dir)
     assert_one_line_error(result, str(read_only_dir), "read-only")
 
 
@@ -297,7 +290,7 @@ def test_output_on_a_full_disk_is_one_line_and_keeps_the_previous_artifact(train
     previous.write_bytes(b"")  # an empty file still fits on the full disk
     os.truncate(full_dir / "filler", (full_dir / "filler").stat().st_size - 4096)
     previous.write_bytes(b"previous")
-    result = export_main(capsys, "--run", trained_run[0], "--format", "tflite", "--out", full_dir)
+    result = main_as_process(export_cli.main, capsys, "--run", trained_run[0], "--format", "tflite", "--out", full_dir)
     assert_one_line_error(result, str(full_dir), "no space left")
     assert previous.read_bytes() == b"previous"
     assert sorted(path.name for path in full_dir.iterdir()) == ["best_fused.tflite", "filler"]

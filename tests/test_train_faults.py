@@ -14,9 +14,10 @@ import sys
 import textwrap
 
 import h5py
+import keras
 import numpy as np
 import pytest
-from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, write_dark_bright_dataset
+from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, main_as_process, write_dark_bright_dataset
 
 from keras_parnet import callbacks, runs
 from keras_parnet.cli.train import main
@@ -25,19 +26,16 @@ pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_S
 
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
 
-# argv: FAULT TRAIN_ARGS... where FAULT is "none", "<kind>:<epoch>" or
-# "fill-disk:<epoch>:<file>" (fill the file's file system as that epoch begins).
+# argv: FAULT TRAIN_ARGS... where FAULT is "none" or "<kind>:<epoch>".
 DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
     import os, signal
     from pathlib import Path
-    import keras
     from conftest import with_eager_steps
     from keras_parnet import callbacks, train
     from keras_parnet.cli import train as train_cli
 
     fault, *args = sys.argv[1:]
-    kind, _, rest = fault.partition(":")
-    epoch, _, filler = rest.partition(":")
+    kind, _, epoch = fault.partition(":")
     epoch = int(epoch or 0)
 
     train.compiled_model = with_eager_steps(train.compiled_model)
@@ -55,6 +53,13 @@ DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill-after-checkpoint" else signal.SIGINT)
     callbacks.save_weights = faulty_save_weights
 
+    sys.exit(train_cli.main(args))
+""")
+
+
+def fill_disk_as_epoch_begins(epoch, filler):
+    """A Keras callback that fills `filler`'s file system as epoch `epoch` (1-based) begins."""
+
     class FillDisk(keras.callbacks.Callback):
         def on_epoch_begin(self, index, logs=None):
             if index + 1 == epoch:
@@ -64,12 +69,8 @@ DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
                             f.write(bytes(1 << 16))
                     except OSError:
                         pass
-    if kind == "fill-disk":
-        training_callbacks = callbacks.training_callbacks
-        callbacks.training_callbacks = lambda *a, **k: training_callbacks(*a, **k) + [FillDisk()]
 
-    sys.exit(train_cli.main(args))
-""")
+    return FillDisk()
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +116,11 @@ def assert_no_traceback(result):
 
 
 @pytest.mark.slow
-def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path, small_disk):
+def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path, small_disk,
+                                                                          eager_training, monkeypatch, capsys):
     """One 3-epoch run on a small file system of its own, stopped five times
     at the moments that hurt, then resumed to the end (one run: each driver
-    process pays TensorFlow's start-up)."""
+    process pays TensorFlow's start-up; the stops that kill nothing run here)."""
     run_dir = small_disk / "r"
     start = ["--dataset", dataset, *TINY_ARGS, "--batch-size", "8", "--epochs", "3", "--logs-dir", small_disk,
              "--run-name", "r"]
@@ -142,8 +144,9 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
     assert result.returncode == -9, result.stderr[-3000:]
     assert recorded(run_dir) == ([1, 2], [1, 2], [".partial-epoch002.weights.h5", "epoch001.weights.h5"])
 
-    # A loss that turns NaN stops the run without recording the epoch.
-    result = drive(tmp_path, "none", "--resume", run_dir, "--lr", "1e30")
+    # In this process (nothing kills it): a loss that turns NaN stops the run
+    # without recording the epoch.
+    result = main_as_process(main, capsys, "--resume", run_dir, "--lr", "1e30")
     assert_one_line_error(result, "not finite in epoch 2", f"--resume {run_dir}", "--lr")
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
     assert weights_are_finite(run_dir / runs.BEST_WEIGHTS)
@@ -151,8 +154,10 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
     # The disk fills up as epoch 2 begins (TensorBoard writes elsewhere): the
     # checkpoint's write fails in one line, and nothing half-written stays.
     filler = small_disk / "filler"
-    result = drive(tmp_path, f"fill-disk:2:{filler}", "--resume", run_dir,
-                   "--tensorboard-dir", tmp_path / "tensorboard")
+    original = callbacks.training_callbacks
+    monkeypatch.setattr(callbacks, "training_callbacks",
+                        lambda *a, **k: original(*a, **k) + [fill_disk_as_epoch_begins(2, filler)])
+    result = main_as_process(main, capsys, "--resume", run_dir, "--tensorboard-dir", tmp_path / "tensorboard")
     assert_one_line_error(result, "no space left", "ep002-", f"--resume {run_dir}")
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
     assert not list(run_dir.rglob(f"{callbacks.PARTIAL_PREFIX}*"))

@@ -410,6 +410,7 @@ def read_only_run(run_copy):
     subprocess.run(["umount", "-l", str(run_copy)], check=False)
 
 
+@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
 def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
     """A real process: one line that says to write elsewhere with --out."""
     from conftest import assert_one_line_error, run_cli

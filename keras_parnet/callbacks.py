@@ -251,7 +251,7 @@ def save_weights(model, path):
             write_atomically(path, model.save_weights)
         except OSError as error:
             failure = OSError(error.errno, os.strerror(error.errno) if error.errno else str(error), str(path))
-        gc.collect()  # frees the failed file while its noise is kept quiet
+            gc.collect()  # frees the failed file while its noise is kept quiet (a whole collection: only then)
     finally:
         sys.unraisablehook, sys.excepthook = hooks
     if failure:

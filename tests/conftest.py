@@ -160,6 +160,16 @@ def eager_training(monkeypatch):
     monkeypatch.setattr(train, "compiled_model", with_eager_steps(train.compiled_model))
 
 
+def add_training_callback(monkeypatch, callback):
+    """Makes train.py's runs use the Keras `callback` after their own
+    (`callbacks.training_callbacks`); returns the unpatched function."""
+    from keras_parnet import callbacks
+
+    original = callbacks.training_callbacks
+    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [callback])
+    return original
+
+
 def interrupt_after(epochs):
     """A Keras callback that stops training as Ctrl-C would (KeyboardInterrupt)
     at the end of epoch `epochs` (1-based)."""

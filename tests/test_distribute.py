@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, interrupt_after, write_dark_bright_dataset
+from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, add_training_callback, interrupt_after, write_dark_bright_dataset
 
 from keras_parnet import callbacks, distribute, runs
 from keras_parnet.cli.train import build_parser, main, train_with_flags
@@ -163,8 +163,7 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, monkeypatch):
     """A run interrupted after epoch 1 of 3 on one device is resumed by a
     2-worker cluster, which trains epochs 2 and 3: only the chief writes, and
     both workers end with the same weights and optimizer state."""
-    original = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(1)])
+    add_training_callback(monkeypatch, interrupt_after(1))
     common = ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "2"]
     with pytest.raises(SystemExit):
         train_with_flags(build_parser().parse_args([*common, "--epochs", "3", "--logs-dir", str(tmp_path / "logs"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, infer, interrupt_after, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, add_training_callback, infer, interrupt_after, write_dark_bright_dataset
 from PIL import Image
 
 from keras_parnet import callbacks, runs
@@ -73,8 +73,7 @@ def test_fine_tune_with_a_val_split_interrupted_and_resumed(converted, tmp_path,
         return make_dataset(split_dir, *args, files=files, **kwargs)
 
     monkeypatch.setattr(data, "make_dataset", recording)
-    original = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks", lambda *a, **k: original(*a, **k) + [interrupt_after(1)])
+    original = add_training_callback(monkeypatch, interrupt_after(1))
     with pytest.raises(SystemExit) as stop:
         run_train(dataset, tmp_path, "--weights", str(start_dir), "--freeze-epochs", "2", "--epochs", "3",
                   "--val-split", "0.34", "--seed", "3", "--run-name", "r", "--analyze")

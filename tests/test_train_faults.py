@@ -17,7 +17,8 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, assert_one_line_error, main_as_process, write_dark_bright_dataset
+from conftest import (SHALLOW_PRELUDE, TINY_WIDTHS, add_training_callback, assert_one_line_error, main_as_process,
+                      write_dark_bright_dataset)
 
 from keras_parnet import callbacks, runs
 from keras_parnet.cli.train import main
@@ -154,9 +155,7 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
     # The disk fills up as epoch 2 begins (TensorBoard writes elsewhere): the
     # checkpoint's write fails in one line, and nothing half-written stays.
     filler = small_disk / "filler"
-    original = callbacks.training_callbacks
-    monkeypatch.setattr(callbacks, "training_callbacks",
-                        lambda *a, **k: original(*a, **k) + [fill_disk_as_epoch_begins(2, filler)])
+    add_training_callback(monkeypatch, fill_disk_as_epoch_begins(2, filler))
     result = main_as_process(main, capsys, "--resume", run_dir, "--tensorboard-dir", tmp_path / "tensorboard")
     assert_one_line_error(result, "no space left", "ep002-", f"--resume {run_dir}")
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])

@@ -322,9 +322,10 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
             jit_compile=jit_compile,
         )
         # Built here, outside the training step: optimizer variables created while the step is
-        # traced make TensorFlow trace it twice (a first tiny-ParNet fit took 42 s, 22 s with
-        # this). Built on every weight, the state also has one layout before and after
-        # --freeze-epochs' switch, so that a backup of any epoch resumes.
+        # traced make TensorFlow trace it twice (first fit 1.2x faster for ParNet-S at 64 px,
+        # benchmarks/bench_first_step.py; 42 s -> 22 s at the tests' tiny widths). Built on every
+        # weight, the state also has one layout before and after --freeze-epochs' switch, so
+        # that a backup of any epoch resumes.
         model.optimizer.build(model.trainable_variables)
         if settings["freeze_epochs"]:
             freeze_backbone(model, True)

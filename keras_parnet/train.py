@@ -292,16 +292,35 @@ def make_optimizer(settings, variables):
     return optimizer
 
 
+def compile_for_training(model, optimizer, label_smoothing=0.0, jit_compile=False):
+    """Compiles `model` for one-hot labels as train.py does (cross-entropy
+    with `label_smoothing`, accuracy) and creates the optimizer's and the
+    metric's variables now, on every trainable weight: variables created while
+    `fit` traces the first training step make TensorFlow trace it twice (Keras
+    builds an unbuilt optimizer there, and makes the metric "accuracy" there
+    once it has seen the labels). Measured by benchmarks/bench_first_step.py.
+    Built on every weight, the optimizer's state also has one layout before and
+    after --freeze-epochs' switch, so that a backup of any epoch resumes."""
+    import keras
+
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
     """The model of a run `config`, built and compiled in `strategy`'s scope
     (in mixed precision if `settings["mixed_precision"]`), starting from the
     tensors of the `weights` file that match (`models.load_matching_weights`)
-    if given, with the optimizer of `make_optimizer` and the cross-entropy
-    loss with `settings["label_smoothing"]`. The optimizer is built (state for
-    every weight); with `settings["freeze_epochs"]` the backbone starts frozen
+    if given, with the optimizer of `make_optimizer`, compiled by
+    `compile_for_training` with `settings["label_smoothing"]`; with
+    `settings["freeze_epochs"]` the backbone starts frozen
     (`callbacks.freeze_backbone`)."""
-    import keras
-
     from keras_parnet import distribute, runs
     from keras_parnet.callbacks import freeze_backbone
     from keras_parnet.models import load_matching_weights
@@ -315,18 +334,8 @@ def compiled_model(config, settings, strategy, weights=None, jit_compile=False):
         if weights:
             load_matching_weights(model, weights)
         model = distribute.prepare_model(model, strategy, settings["sync_bn"])
-        model.compile(
-            optimizer=make_optimizer(settings, model.trainable_variables),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"]),
-            metrics=["accuracy"],
-            jit_compile=jit_compile,
-        )
-        # Built here, outside the training step: optimizer variables created while the step is
-        # traced make TensorFlow trace it twice (first fit 1.2x faster for ParNet-S at 64 px,
-        # benchmarks/bench_first_step.py; 42 s -> 22 s at the tests' tiny widths). Built on every
-        # weight, the state also has one layout before and after --freeze-epochs' switch, so
-        # that a backup of any epoch resumes.
-        model.optimizer.build(model.trainable_variables)
+        compile_for_training(model, make_optimizer(settings, model.trainable_variables),
+                             settings["label_smoothing"], jit_compile)
         if settings["freeze_epochs"]:
             freeze_backbone(model, True)
     return model

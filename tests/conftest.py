@@ -80,11 +80,41 @@ def named_model():
     return functools.cache(lambda size: getattr(keras_parnet, f"parnet_{size}")())
 
 
+# One block per stream instead of (4, 5, 5): the model of the modules that
+# mark themselves `pytest.mark.usefixtures("shallow_module")`, those of what
+# is done with a model (training's machinery, saving, exporting, predicting,
+# fine-tuning), where depth changes nothing but the time: a tiny ParNet
+# builds, traces and exports in about half the time. The architecture's tests
+# (blocks, models, reparam, convert, preprocessing) keep the real depths.
+SHALLOW_STREAM_DEPTHS = (1, 1, 1)
+
+
+@contextlib.contextmanager
+def shallow_streams():
+    """Builders (and the converter's block map) use `SHALLOW_STREAM_DEPTHS` inside."""
+    from keras_parnet import convert, models
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (models, convert):
+            patch.setattr(module, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
+        yield
+
+
+@pytest.fixture(scope="module")
+def shallow_module():
+    """Builders make ParNets of `SHALLOW_STREAM_DEPTHS` during the whole
+    module (its run folders are built and loaded with them; `run_cli` follows)."""
+    with shallow_streams():
+        yield
+
+
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
-    """A 1000-class checkpoint of the official network at tiny widths, random
-    weights and BatchNorm statistics, converted: `(run folder, the converted
-    model)`; the run folder also holds the weights as a legacy `.h5`."""
+    """A 1000-class checkpoint of the official network at tiny widths and
+    shallow streams (for shallow modules), random weights and BatchNorm
+    statistics, converted: `(run folder, the converted model)`; the run folder
+    also holds the weights as a legacy `.h5`. test_convert checks the
+    converter at the real depths."""
     pytest.importorskip("torch")
     import h5py
     import torch
@@ -94,33 +124,17 @@ def converted(tmp_path_factory):
 
     classes = 1000
     root = tmp_path_factory.mktemp("converted")
-    network = torch_parnet.SimpNet(TINY_WIDTHS, additional_branches=[["swish"]], num_classes=classes)
+    # SimpNet's block counts include each stream's downsampling block.
+    blocks = (*(depth + 1 for depth in SHALLOW_STREAM_DEPTHS), 1)
+    network = torch_parnet.SimpNet(TINY_WIDTHS, blocks, additional_branches=[["swish"]], num_classes=classes)
     torch.save(torch_parnet.randomized(network, 0).state_dict(), root / "tiny.pth")
-    model = convert.convert_checkpoint(root / "tiny.pth", "s", TINY_WIDTHS, "relu", classes)
+    with shallow_streams():
+        model = convert.convert_checkpoint(root / "tiny.pth", "s", TINY_WIDTHS, "relu", classes)
     run_dir = convert.write_run(root / "run", model, "s", TINY_WIDTHS, "relu", 32,
                                 [f"class_{index}" for index in range(classes)], root / "tiny.pth")
     with h5py.File(run_dir / "legacy.h5", "w") as file:
         compat.save_legacy_h5_weights(model, file)
     return run_dir, model
-
-
-# One block per stream instead of (4, 5, 5): the model of the modules that
-# mark themselves `pytest.mark.usefixtures("shallow_module")`, those of what
-# is done with a model (training's machinery, saving, exporting, predicting),
-# where depth changes nothing but the time: a tiny ParNet builds, traces and
-# exports in about half the time. The architecture's tests keep the real depths.
-SHALLOW_STREAM_DEPTHS = (1, 1, 1)
-
-
-@pytest.fixture(scope="module")
-def shallow_module():
-    """Builders make ParNets of `SHALLOW_STREAM_DEPTHS` during the whole
-    module (its run folders are built and loaded with them; `run_cli` follows)."""
-    from keras_parnet import models
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
-        yield
 
 
 # The start of a script that builds ParNets of shallow streams in a fresh process.

@@ -14,6 +14,8 @@ from keras_parnet.models import HEAD_LAYER, WeightsMismatchError, load_matching_
 from keras_parnet.train import balanced_class_weights
 
 IMAGENET_CLASSES = 1000
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 TINY_ARGS = ["--image-size", "32", "--batch-size", "4", "--seed", "1", "--val-split", "0"]
 
 

@@ -16,6 +16,8 @@ from keras_parnet.cli._common import messages_to_console
 from keras_parnet.cli.train import build_parser, main, parse_flags, resolve_settings, resolved_flags, train_with_flags
 from keras_parnet.models import HEAD_LAYER
 
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS
+
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
 
 

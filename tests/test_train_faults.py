@@ -3,15 +3,19 @@ that turns NaN, a disk that fills up, bad flags and output folders, failed
 starts, and resumes that cannot work.
 
 The kill tests run train.py's `main` in a subprocess (a driver script) that
-signals its own process at the moment that hurts: right after an epoch's
-checkpoint is written, or half way through the backup write. The driver
-trains a ParNet of shallow streams (conftest.SHALLOW_STREAM_DEPTHS) with
-eager steps: a few tiny steps run faster than tracing them."""
+kills its own process at the moment that hurts: right after an epoch's
+checkpoint is written, or half way through the backup write. The stops that
+kill nothing (Ctrl-C, NaN, a full disk) run in the test's process. Both
+train a ParNet of shallow streams (conftest.SHALLOW_STREAM_DEPTHS) with eager
+steps: a few tiny steps run faster than tracing them."""
 
 import csv
+import signal
 import subprocess
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import h5py
 import keras
@@ -27,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_S
 
 TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--batch-size", "4", "--seed", "1"]
 
-# argv: FAULT TRAIN_ARGS... where FAULT is "none" or "<kind>:<epoch>".
+# argv: FAULT TRAIN_ARGS... where FAULT is "<kind>:<epoch>".
 DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
     import os, signal
     from pathlib import Path
@@ -36,8 +40,8 @@ DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
     from keras_parnet.cli import train as train_cli
 
     fault, *args = sys.argv[1:]
-    kind, _, epoch = fault.partition(":")
-    epoch = int(epoch or 0)
+    kind, epoch = fault.split(":")
+    epoch = int(epoch)
 
     train.compiled_model = with_eager_steps(train.compiled_model)
 
@@ -50,8 +54,8 @@ DRIVER = SHALLOW_PRELUDE + textwrap.dedent("""
             os.truncate(partial, partial.stat().st_size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
         save_weights(model, path)
-        if kind.endswith("-after-checkpoint") and path.name.startswith(f"ep{epoch:03d}-"):
-            os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill-after-checkpoint" else signal.SIGINT)
+        if kind == "sigkill-after-checkpoint" and path.name.startswith(f"ep{epoch:03d}-"):
+            os.kill(os.getpid(), signal.SIGKILL)
     callbacks.save_weights = faulty_save_weights
 
     sys.exit(train_cli.main(args))
@@ -72,6 +76,19 @@ def fill_disk_as_epoch_begins(epoch, filler):
                         pass
 
     return FillDisk()
+
+
+def interrupt_after_checkpoint(monkeypatch, epoch):
+    """Makes train.py's runs get Ctrl-C (SIGINT, to this process) right after
+    epoch `epoch`'s checkpoint is written, before the epoch's other writes."""
+    save_weights = callbacks.save_weights
+
+    def interrupting_save_weights(model, path):
+        save_weights(model, path)
+        if Path(path).name.startswith(f"ep{epoch:03d}-"):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(callbacks, "save_weights", interrupting_save_weights)
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +144,11 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
              "--run-name", "r"]
 
     # Ctrl-C right after epoch 1's checkpoint: the epoch's other writes finish first.
-    result = drive(tmp_path, "sigint-after-checkpoint:1", *start)
-    assert result.returncode == 130, result.stderr[-3000:]
-    assert_no_traceback(result)
-    assert f"--resume {run_dir}" in result.stderr  # after the command as started (python train.py, parnet-train)
+    with monkeypatch.context() as interrupted, pytest.raises(SystemExit) as stop:
+        interrupt_after_checkpoint(interrupted, 1)
+        main([str(arg) for arg in start])
+    assert stop.value.code == 130
+    assert f"--resume {run_dir}" in capsys.readouterr().err
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
 
     # kill -9 right after epoch 2's checkpoint: its history row and backup are missing.
@@ -145,8 +163,7 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
     assert result.returncode == -9, result.stderr[-3000:]
     assert recorded(run_dir) == ([1, 2], [1, 2], [".partial-epoch002.weights.h5", "epoch001.weights.h5"])
 
-    # In this process (nothing kills it): a loss that turns NaN stops the run
-    # without recording the epoch.
+    # A loss that turns NaN stops the run without recording the epoch.
     result = main_as_process(main, capsys, "--resume", run_dir, "--lr", "1e30")
     assert_one_line_error(result, "not finite in epoch 2", f"--resume {run_dir}", "--lr")
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
@@ -155,14 +172,17 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
     # The disk fills up as epoch 2 begins (TensorBoard writes elsewhere): the
     # checkpoint's write fails in one line, and nothing half-written stays.
     filler = small_disk / "filler"
-    add_training_callback(monkeypatch, fill_disk_as_epoch_begins(2, filler))
-    result = main_as_process(main, capsys, "--resume", run_dir, "--tensorboard-dir", tmp_path / "tensorboard")
+    with monkeypatch.context() as filling:
+        add_training_callback(filling, fill_disk_as_epoch_begins(2, filler))
+        result = main_as_process(main, capsys, "--resume", run_dir, "--tensorboard-dir", tmp_path / "tensorboard")
     assert_one_line_error(result, "no space left", "ep002-", f"--resume {run_dir}")
     assert recorded(run_dir) == ([1], [1], ["epoch001.weights.h5"])
     assert not list(run_dir.rglob(f"{callbacks.PARTIAL_PREFIX}*"))
     filler.unlink()
 
-    result = drive(tmp_path, "none", "--resume", run_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown on stderr however often this process warned before
+        result = main_as_process(main, capsys, "--resume", run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_no_traceback(result)
     assert "shuffle" not in result.stderr  # fit is not asked to shuffle a tf.data dataset

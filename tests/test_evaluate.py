@@ -421,19 +421,21 @@ def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
     assert _files(read_only_run) == before
 
 
-@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
-def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path):
-    """A real process: the curves are drawn from the readable rows, one plain
-    `warning:` line (no `UserWarning` and source line) names the torn row,
-    and the report goes to --out, leaving the run folder as it was."""
-    from conftest import run_cli
+def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path, capsys):
+    """The curves are drawn from the readable rows, one plain `warning:` line
+    (no `UserWarning` and source line) names the torn row, and the report
+    goes to --out, leaving the run folder as it was."""
+    from conftest import main_as_process
 
     history = run_copy / "history.csv"
     with history.open("a") as file:
         file.write("2,0.6,0.9,0.0009")  # a kill while the row was written
     before = _files(run_copy)
     out = tmp_path / "out"
-    result = run_cli("keras_parnet.cli.evaluate", "--run", run_copy, "--out", out, "--no-fuse", "--worst", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown however often this process warned before
+        result = main_as_process(evaluate_cli.main, capsys, "--run", run_copy, "--out", out, "--no-fuse",
+                                 "--worst", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stdout + result.stderr and "UserWarning" not in result.stderr
     assert (f"warning: {history}: skipped line 4, cut short or not numbers; "

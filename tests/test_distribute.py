@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import SHALLOW_PRELUDE, TINY_WIDTHS, add_training_callback, interrupt_after, write_dark_bright_dataset
+from conftest import (SHALLOW_PRELUDE, TINY_WIDTHS, add_training_callback, interrupt_after, run_cluster,
+                      write_dark_bright_dataset)
 
 from keras_parnet import callbacks, distribute, runs
 from keras_parnet.cli.train import build_parser, main, train_with_flags
@@ -117,41 +117,6 @@ def test_unknown_strategy_is_a_user_error(tmp_path, capsys):
     assert "unknown strategy 'tpu': use one of auto, default, mirrored, multi-worker" in capsys.readouterr().err
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def run_cluster(tmp_path, worker_args, script=WORKER):
-    """Runs `script` in one worker process per `worker_args` entry (its
-    argv[1] the .npz file it saves its results to) as one cluster on
-    localhost; returns their exit codes and outputs."""
-    addresses = [f"localhost:{port}" for port in free_ports(len(worker_args))]
-    processes, logs = [], []
-    for index, args in enumerate(worker_args):
-        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        scratch = tmp_path / f"tmp{index}"
-        scratch.mkdir()
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
-        logs.append(tmp_path / f"worker{index}.log")
-        with logs[-1].open("w") as log:  # files, not pipes: a full pipe would stall the cluster
-            processes.append(subprocess.Popen(
-                [sys.executable, "-c", script, str(tmp_path / f"worker{index}.npz"), *args],
-                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        codes = [process.wait(timeout=TIMEOUT) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    return codes, [log.read_text() for log in logs]
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Dark vs bright 40 px PNGs: 8 + 7 in train/ (7 + 6 train, one of each validates), 3 + 3 to test."""
@@ -171,8 +136,8 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, monkeypatch):
     run_dir = tmp_path / "logs" / "r"
     assert (run_dir / "backup").is_dir()
 
-    codes, outputs = run_cluster(
-        tmp_path, [["--logs-dir", str(tmp_path / f"logs{index}"), "--resume", str(run_dir)] for index in (0, 1)])
+    resumes = [["--logs-dir", str(tmp_path / f"logs{index}"), "--resume", str(run_dir)] for index in (0, 1)]
+    codes, outputs = run_cluster(tmp_path, WORKER, resumes)
     assert codes == [0, 0], outputs
     # 13 images in global batches of 2 x 2: 3 full steps per epoch, after the
     # single device's 7 steps of 2 images.

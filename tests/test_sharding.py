@@ -8,7 +8,7 @@ import types
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, run_cluster, write_dark_bright_dataset
 
 from keras_parnet import ParNet, data, distribute
 from keras_parnet.cli.train import build_parser, resolve_settings
@@ -157,10 +157,8 @@ RECORDING_WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_two_workers_decode_disjoint_halves_of_the_training_images_each_epoch(tmp_path):
-    from test_distribute import run_cluster
-
     dataset = write_dark_bright_dataset(tmp_path / "data", (8, 8), (3, 4), ".png")
-    codes, outputs = run_cluster(tmp_path, [[str(dataset)]] * 2, RECORDING_WORKER)
+    codes, outputs = run_cluster(tmp_path, RECORDING_WORKER, [[str(dataset)]] * 2)
     assert codes == [0, 0], outputs
     workers = [json.loads(str(np.load(tmp_path / f"worker{index}.npz")["record"])) for index in (0, 1)]
     train_files = {str(path) for path in (dataset / "train").rglob("*.png")}

@@ -9,6 +9,7 @@ kill nothing (Ctrl-C, NaN, a full disk) run in the test's process. Both
 train a ParNet of shallow streams (conftest.SHALLOW_STREAM_DEPTHS) with eager
 steps: a few tiny steps run faster than tracing them."""
 
+import contextlib
 import csv
 import signal
 import subprocess
@@ -78,9 +79,12 @@ def fill_disk_as_epoch_begins(epoch, filler):
     return FillDisk()
 
 
-def interrupt_after_checkpoint(monkeypatch, epoch):
-    """Makes train.py's runs get Ctrl-C (SIGINT, to this process) right after
-    epoch `epoch`'s checkpoint is written, before the epoch's other writes."""
+@contextlib.contextmanager
+def ctrl_c_after_checkpoint(monkeypatch, epoch):
+    """Inside, train.py's runs get Ctrl-C (SIGINT, to this process) right
+    after epoch `epoch`'s checkpoint is written, before the epoch's other
+    writes, with Python's own SIGINT handler as in a terminal (a process
+    started in the background, as CI may start pytest, ignores SIGINT)."""
     save_weights = callbacks.save_weights
 
     def interrupting_save_weights(model, path):
@@ -89,6 +93,11 @@ def interrupt_after_checkpoint(monkeypatch, epoch):
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(callbacks, "save_weights", interrupting_save_weights)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +153,7 @@ def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(datas
              "--run-name", "r"]
 
     # Ctrl-C right after epoch 1's checkpoint: the epoch's other writes finish first.
-    with monkeypatch.context() as interrupted, pytest.raises(SystemExit) as stop:
-        interrupt_after_checkpoint(interrupted, 1)
+    with monkeypatch.context() as patch, ctrl_c_after_checkpoint(patch, 1), pytest.raises(SystemExit) as stop:
         main([str(arg) for arg in start])
     assert stop.value.code == 130
     assert f"--resume {run_dir}" in capsys.readouterr().err

@@ -185,7 +185,7 @@ def test_mirrored_step_equals_one_device_step_on_the_global_batch():
 @pytest.mark.slow
 def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_training):
     run_dir, model = train_with_flags(build_parser().parse_args(
-        ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "8", "--epochs", "1", "--mixed-precision",
+        ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "16", "--epochs", "1", "--mixed-precision",
          "--logs-dir", str(tmp_path)]))
     assert runs.read_run(run_dir)["training"]["mixed_precision"] is True  # a resumed run keeps it
     assert keras.config.dtype_policy().name == "float32"  # restored after building
@@ -195,7 +195,7 @@ def test_mixed_precision_trains_with_float32_outputs(dataset, tmp_path, eager_tr
     with open(run_dir / callbacks.HISTORY_FILE, newline="") as f:
         (row,) = csv.DictReader(f)
     assert np.isfinite(float(row["loss"])) and np.isfinite(float(row["val_loss"]))
-    assert model.optimizer.iterations.numpy() == 2  # 13 images in batches of 8
+    assert model.optimizer.iterations.numpy() == 1  # 13 images in one batch (eager steps take seconds)
     images = np.random.default_rng(0).random((2, 32, 32, 3), dtype="float32")
     predictions = model(images, training=False)
     assert predictions.dtype == "float32" and model.outputs[0].dtype == "float32"

@@ -511,7 +511,7 @@ def test_artifact_report_matches_the_runs_own(trained_run, tflite_artifact, tmp_
     ("other labels", "labels.txt does not match the run's class names (line 2 is 'wolf' where the run has 'dog')"),
     ("weights", "--weights and --artifact exclude each other"),
 ])
-def test_artifact_errors_are_one_line(trained_run, tflite_artifact, tmp_path, capsys, case, message):
+def test_artifact_errors_are_one_line(trained_run, tmp_path, capsys, request, case, message):
     import shutil
 
     from keras_parnet.export import LABELS_FILE
@@ -521,11 +521,11 @@ def test_artifact_errors_are_one_line(trained_run, tflite_artifact, tmp_path, ca
     extra = []
     if case == "garbage":
         artifact.write_text("not a flatbuffer\n")
-    elif case == "other labels":
-        shutil.copy(tflite_artifact, artifact)
+    elif case == "other labels":  # an artifact that loads: only its labels are wrong
+        shutil.copy(request.getfixturevalue("tflite_artifact"), artifact)
         (tmp_path / LABELS_FILE).write_text("cat\nwolf\nfox\n")
-    elif case == "weights":
-        shutil.copy(tflite_artifact, artifact)
+    elif case == "weights":  # refused with the flags, before any file is read
+        artifact.write_text("not a flatbuffer\n")
         extra = ["--weights", str(run_dir / "best.weights.h5")]
     out = tmp_path / "out"
     assert evaluate_cli.main(["--run", str(run_dir), "--artifact", str(artifact), "--out", str(out), *extra]) == 2

@@ -54,6 +54,11 @@ def test_forward_pass_at_every_size(small_input):
         assert np.isfinite(features).all()
 
 
+def test_dynamic_input_model_accepts_several_sizes(tiny_model):
+    for height, width in SIZES:
+        assert infer(tiny_model, np.random.rand(1, height, width, 3)).shape == (1, 3)
+
+
 @pytest.mark.parametrize(
     "pooling, shape",
     [(None, (None, 3, 4, TINY_WIDTHS[3])), ("avg", (None, TINY_WIDTHS[3])), ("max", (None, TINY_WIDTHS[3]))],

@@ -52,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_parnet.files import write_atomically
-from keras_parnet.models import MODEL_CONFIGS, STREAM_DEPTHS, ParNet
+from keras_parnet import models
+from keras_parnet.models import MODEL_CONFIGS, ParNet
 
 # The `parnet_*` builders' table, keyed by `--model`, but for ParNet-S's released widths.
 OFFICIAL_CONFIGS = {name[len("parnet_"):]: dict(config) for name, config in MODEL_CONFIGS.items()}
@@ -89,7 +90,7 @@ def _official_blocks():
         "combine.2": "fusion2",
         "combine.3": "downsample5",
     }
-    for stream, depth in enumerate(STREAM_DEPTHS):
+    for stream, depth in enumerate(models.STREAM_DEPTHS):  # the builders' depths, as they build
         for block in range(depth):
             blocks[f"streams.{stream}.{block}"] = f"stream{stream + 1}_block{block + 1}"
     return blocks

@@ -92,12 +92,11 @@ SHALLOW_STREAM_DEPTHS = (1, 1, 1)
 
 @contextlib.contextmanager
 def shallow_streams():
-    """Builders (and the converter's block map) use `SHALLOW_STREAM_DEPTHS` inside."""
-    from keras_parnet import convert, models
+    """Builders (and so the converter's block map) use `SHALLOW_STREAM_DEPTHS` inside."""
+    from keras_parnet import models
 
     with pytest.MonkeyPatch.context() as patch:
-        for module in (models, convert):
-            patch.setattr(module, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
+        patch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
         yield
 
 

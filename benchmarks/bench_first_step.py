@@ -9,8 +9,8 @@ model, optimizer, data and `fit` call, with validation):
   train.py        `compile_for_training(model, Adam(1e-3))`, then fit
   Keras default   `compile(Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])`, then fit
 
-It prints each arm's seconds for its first `fit` (2 steps: tracing plus the
-steps) and their ratio.
+It prints each arm's seconds for its first `fit` (2 training steps and 1
+validation step, their tracing included) and their ratio.
 
     python benchmarks/bench_first_step.py [--model s] [--size 64] [--batch-size 4]
 """
@@ -65,7 +65,8 @@ def main():
                                  "--batch-size", str(args.batch_size), "--arm", arm],
                                 capture_output=True, text=True, check=True)
         seconds[arm] = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"parnet_{args.model}, {args.size} px, first fit of 2 steps, compiled as {arm}: {seconds[arm]:.1f} s")
+        print(f"parnet_{args.model}, {args.size} px, first fit (2 steps + validation), compiled as {arm}: "
+              f"{seconds[arm]:.1f} s")
     print(f"ratio: {seconds[ARMS[1]] / seconds[ARMS[0]]:.2f}x")
 
 

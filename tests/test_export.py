@@ -321,7 +321,7 @@ def test_int8_tflite_of_a_dark_bright_classifier_is_reported_and_flips_only_boun
     """Full-integer int8, calibrated on the run's training images, graded on the
     test split with evaluate.py --artifact. The run's classifier tells dark
     from bright images (`set_known_answer`: set, not trained, since the first
-    training step of a model costs ~50 s of tracing). The bound: int8 moves
+    training step of a model costs 10-15 s of tracing). The bound: int8 moves
     each class probability by at most 0.15 (measured up to 0.12 on the demo
     run), and a test image can only change class where the float model's two
     probabilities are closer than twice the largest move, so the accuracy

@@ -54,7 +54,7 @@ def same_arrays(first, second):
 @pytest.mark.slow
 def test_fine_tune_with_a_val_split_interrupted_and_resumed(converted, tmp_path, monkeypatch, capsys):
     """The one end-to-end training scenario (each fresh training step costs a
-    graph trace of ~50 s, so every check is on this run): train --weights
+    graph trace of 10-15 s here, so every check is on this run): train --weights
     <converted run> --freeze-epochs 2 --epochs 3 --val-split 0.34 --analyze,
     stopped by Ctrl-C after epoch 1, a training image added, resumed. It
     checks the run folder, the recorded split (fit on train minus val,

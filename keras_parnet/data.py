@@ -245,7 +245,7 @@ def _identify(path):
     return decoder
 
 
-@tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)])
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)], autograph=False)
 def _decode_all(paths, decoders):
     """Decodes files one after another as training does (one call for many
     files: the call, not the decode, costs most for small images). Returns
@@ -647,7 +647,7 @@ def _fill(index, length, fill_mode):
 
 # Compiled with XLA, the gathers fuse into one loop: 4-5x faster on CPU than
 # ImageProjectiveTransformV3, which computes the same.
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _resample(images, matrices, fill_mode="nearest"):
     """Bilinear resampling of float `(batch, height, width, channels)` images:
     output pixel `(x, y)` of image `i` takes the input at
@@ -941,10 +941,13 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         data = keep_shard(data)
     shard_count = int(np.count_nonzero(kept(np.arange(count))))
     decoded = count if cache else shard_count
+    # The mapped functions use TensorFlow's control flow already: AutoGraph
+    # would only rewrite them (and the Keras layers they call) at every start,
+    # ~2 s of a training run's start-up on this CPU.
     # The scan decoded every file; one that fails now was changed since. It is
     # dropped (TensorFlow logs the error) and the epoch filled up from the next
     # pass, so an epoch never fails and keeps its length.
-    data = (data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    data = (data.map(tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE)
             .ignore_errors(log_warning=True).repeat().take(decoded))
     if cache:
         data = data.cache()
@@ -959,7 +962,7 @@ def make_dataset(split_dir, image_size, batch_size, class_names=None, training=F
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         if shard is not None:  # the shards' transforms differ
             seeds = seeds.map(lambda pair: tf.random.experimental.stateless_fold_in(pair, shard_index))
-        data = tf.data.Dataset.zip(data, seeds).map(
-            lambda batch, batch_seed: _augment_batch(*batch, batch_seed, augmentation, layers),
+        data = tf.data.Dataset.zip(data, seeds).map(tf.autograph.experimental.do_not_convert(
+            lambda batch, batch_seed: _augment_batch(*batch, batch_seed, augmentation, layers)),
             num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE), class_names, count

@@ -1,6 +1,7 @@
 """Distributed training: strategy choice, a two-worker cluster on localhost,
 mirrored replicas against one device, mixed precision."""
 
+import collections
 import csv
 import json
 import os
@@ -25,19 +26,35 @@ TINY_ARGS = ["--widths", *map(str, TINY_WIDTHS), "--image-size", "32", "--seed",
 TIMEOUT = 600
 
 # Runs train.py's `train` in a worker process (shallow streams) and saves the
-# final weights and optimizer step count to argv[1]. Grappler's graph rewrites
-# take about half of the time two workers spend tracing on 2 CPU cores; they
-# change speed only.
+# final weights, the optimizer step count and the images its input pipeline
+# decoded (the scan's checks, at 1x1 px, aside) to argv[1]. Grappler's graph
+# rewrites take about half of the time two workers spend tracing on 2 CPU
+# cores; they change speed only.
 WORKER = SHALLOW_PRELUDE + textwrap.dedent("""
+    import json
     import numpy as np
     import tensorflow as tf
+    from keras_parnet import data
     from keras_parnet.cli._common import messages_to_console
     from keras_parnet.cli.train import build_parser, train_with_flags
 
+    decoded = []
+    load = data._load
+
+    def recording_load(path, decoder, size, crop_fraction=None):
+        image = load(path, decoder, size, crop_fraction)
+        if tuple(size) == (1, 1):
+            return image
+        done = tf.py_function(lambda name: decoded.append(name.numpy().decode()) or 0, [path], tf.int32)
+        with tf.control_dependencies([done]):
+            return tf.identity(image)
+
+    data._load = recording_load
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     messages_to_console()
     _, model = train_with_flags(build_parser().parse_args(sys.argv[2:]))
-    np.savez(sys.argv[1], *model.get_weights(), iterations=int(model.optimizer.iterations.numpy()))
+    np.savez(sys.argv[1], *model.get_weights(), iterations=int(model.optimizer.iterations.numpy()),
+             decoded=json.dumps(decoded))
 """)
 
 # Two logical CPU devices (set before TensorFlow starts): one step of mirrored
@@ -126,8 +143,9 @@ def dataset(tmp_path_factory):
 @pytest.mark.slow
 def test_two_workers_resume_a_run_together(dataset, tmp_path, monkeypatch):
     """A run interrupted after epoch 1 of 2 on one device is resumed by a
-    2-worker cluster, which trains epoch 2: only the chief writes, and both
-    workers end with the same weights and optimizer state."""
+    2-worker cluster, which trains epoch 2: each worker decodes its own half
+    of the training images, only the chief writes, and both workers end with
+    the same weights and optimizer state."""
     add_training_callback(monkeypatch, interrupt_after(1))
     common = ["--dataset", str(dataset), *TINY_ARGS, "--batch-size", "2"]
     with pytest.raises(SystemExit):
@@ -147,7 +165,20 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, monkeypatch):
         assert "Epoch 2/2" in output and "Epoch 1/2" not in output
     workers = [np.load(tmp_path / f"worker{index}.npz") for index in (0, 1)]
     assert [int(worker["iterations"]) for worker in workers] == [7 + 3] * 2
-    chief_weights = [workers[0][f"arr_{k}"] for k in range(len(workers[0].files) - 1)]
+
+    # Input sharded before decoding: each pass over the epoch's data (Keras may
+    # read its first batch before training) decodes 12 of the 13 training images
+    # (3 global batches of 4) in disjoint halves, and both held-out images on each worker.
+    validation = {str(dataset / name) for name in runs.read_run(run_dir)["validation"]["files"]}
+    decoded = [json.loads(str(worker["decoded"])) for worker in workers]
+    trained = [[path for path in paths if path not in validation] for paths in decoded]
+    passes = len(trained[0]) // 6
+    assert passes >= 1 and [len(paths) for paths in trained] == [6 * passes] * 2
+    assert max(collections.Counter(trained[0] + trained[1]).values()) <= passes
+    assert set(trained[0] + trained[1]) <= {str(path) for path in (dataset / "train").rglob("*.png")} - validation
+    assert [set(paths) & validation for paths in decoded] == [validation] * 2
+
+    chief_weights = [workers[0][f"arr_{k}"] for k in range(sum(name.startswith("arr_") for name in workers[0].files))]
     for k, weights in enumerate(chief_weights):
         np.testing.assert_array_equal(weights, workers[1][f"arr_{k}"])
 

@@ -1,14 +1,14 @@
-"""Input sharded per worker before decoding, and per-replica BatchNorm (--no-sync-bn)."""
+"""Input sharded per worker before decoding (in a real cluster: test_distribute's
+two-worker resume), and per-replica BatchNorm (--no-sync-bn)."""
 
 import itertools
 import json
-import textwrap
 import types
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, run_cluster, write_dark_bright_dataset
+from conftest import TINY_WIDTHS, write_dark_bright_dataset
 
 from keras_parnet import ParNet, data, distribute
 from keras_parnet.cli.train import build_parser, resolve_settings
@@ -111,63 +111,3 @@ def test_no_sync_bn_flag_sets_the_setting(tmp_path, flags, expected):
     settings, _ = resolve_settings(build_parser().parse_args(["--dataset", str(tmp_path), *flags]))
     assert settings["sync_bn"] is expected
     assert json.loads(json.dumps(settings))["sync_bn"] is expected  # as run.json records it
-
-
-# Each worker of a two-worker cluster builds train.py's datasets and iterates
-# them for three epochs, recording the files its input pipeline decodes (the
-# scan's checks, at 1x1 px, aside); saves them with the steps of each epoch.
-RECORDING_WORKER = textwrap.dedent("""
-    import json, sys
-    from pathlib import Path
-    import numpy as np
-    import tensorflow as tf
-    from keras_parnet import data, distribute, train
-
-    strategy = distribute.make_strategy("multi-worker")
-    decoded = []
-    load = data._load
-
-    def recording_load(path, decoder, size, crop_fraction=None):
-        image = load(path, decoder, size, crop_fraction)
-        if tuple(size) == (1, 1):
-            return image
-        done = tf.py_function(lambda name: decoded.append(name.numpy().decode()) or 0, [path], tf.int32)
-        with tf.control_dependencies([done]):
-            return tf.identity(image)
-
-    data._load = recording_load
-    dataset = Path(sys.argv[2])
-    class_names = data.check_dataset(dataset)
-    splits = data.dataset_splits(dataset, class_names, val_split=0)
-    settings = {**train.DEFAULTS, "batch_size": 2, "image_size": 32}
-    train_data, val_data = train.distributed_datasets(settings, dataset, class_names, data.Augmentation(), strategy,
-                                                      seed=1, splits=splits)
-    epochs = []
-    for _ in range(3):
-        steps = sum(1 for _ in train_data)
-        trained = sorted(decoded)
-        decoded.clear()
-        for _ in val_data:
-            pass
-        epochs.append({"steps": steps, "train": trained, "val": sorted(decoded)})
-        decoded.clear()
-    np.savez(sys.argv[1], record=json.dumps(epochs))
-""")
-
-
-@pytest.mark.slow
-def test_two_workers_decode_disjoint_halves_of_the_training_images_each_epoch(tmp_path):
-    dataset = write_dark_bright_dataset(tmp_path / "data", (8, 8), (3, 4), ".png")
-    codes, outputs = run_cluster(tmp_path, RECORDING_WORKER, [[str(dataset)]] * 2)
-    assert codes == [0, 0], outputs
-    workers = [json.loads(str(np.load(tmp_path / f"worker{index}.npz")["record"])) for index in (0, 1)]
-    train_files = {str(path) for path in (dataset / "train").rglob("*.png")}
-    test_files = sorted(str(path) for path in (dataset / "test").rglob("*.png"))
-    for first, second in zip(*workers):
-        # 16 images in global batches of 2 workers x 2: 4 steps, 8 images decoded per worker.
-        assert first["steps"] == second["steps"] == 4
-        assert len(set(first["train"])) == len(first["train"]) == len(second["train"]) == 8
-        assert set(first["train"]).isdisjoint(second["train"])
-        assert set(first["train"]) | set(second["train"]) == train_files
-        assert first["val"] == second["val"] == test_files  # each worker validates on all of them
-    assert len({tuple(epoch["train"]) for epoch in workers[0]}) > 1  # each epoch's shards are drawn anew

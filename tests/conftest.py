@@ -44,6 +44,16 @@ def infer(model, inputs):
     return keras.ops.convert_to_numpy(model(inputs, training=False))
 
 
+def assert_same_outputs(original, fused, sizes):
+    """`fused` (a reparameterized model) computes what `original` does, to 1e-4,
+    on random images of each `(height, width)` of `sizes`."""
+    for height, width in sizes:
+        images = np.random.default_rng(0).random((2, height, width, 3), dtype=np.float32)
+        expected = infer(original, images)
+        np.testing.assert_allclose(infer(fused, images), expected, rtol=0, atol=1e-4)
+        assert np.abs(expected).max() > 1e-2  # else the check above would be weak
+
+
 def set_known_answer(model, dark, light, win):
     """Sets the classifier (`predictions`, two classes) so that uniform images
     of gray level `dark` get class 0 and of level `light` class 1, each with

@@ -3,11 +3,13 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, infer
+from conftest import TINY_WIDTHS, assert_same_outputs, infer, randomize_batch_norm
 
-from keras_parnet import ParNet, parnet_s
+from keras_parnet import ParNet, convert, parnet_s
+from keras_parnet.reparam import reparameterize
 
-SIZES = [(32, 32), (64, 64), (96, 96), (128, 128), (224, 224), (256, 256), (200, 320)]
+# The minimum, ImageNet's 224 and a non-square size (the forward pass adds an odd one).
+SIZES = [(32, 32), (64, 64), (224, 224), (200, 320)]
 
 
 def trainable_params(model):
@@ -29,6 +31,21 @@ def test_trainable_parameters_match_official(named_model, size, expected):
     # Output stride 32: 7x7 at 224.
     features = keras.Model(model.inputs, model.get_layer("downsample5_act").output)
     assert tuple(features.compute_output_shape((1, 224, 224, 3))[1:3]) == (7, 7)
+
+
+def test_preprocessing_layers_add_no_trainable_parameter():
+    model = parnet_s(include_preprocessing=True, normalization=(convert.OFFICIAL_PREPROCESSING["mean"],
+                                                                convert.OFFICIAL_PREPROCESSING["std"]))
+    assert trainable_params(model) == 20_983_848
+    assert {weight.path.rsplit("/", 1)[-1] for weight in model.non_trainable_weights} == {
+        "moving_mean", "moving_variance"}
+
+
+def test_fused_parnet_s_has_the_paper_parameter_count():
+    original = randomize_batch_norm(parnet_s(input_shape=(32, 32, 3), classes=1000, classifier_activation=None))
+    fused = reparameterize(original)
+    assert_same_outputs(original, fused, [(32, 32)])
+    assert round(trainable_params(fused) / 1e6, 1) == 19.2  # Goyal et al., Table 1 (fused ParNet-S)
 
 
 @pytest.mark.parametrize("size", ["s", "m", "l", "xl"])

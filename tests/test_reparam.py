@@ -1,10 +1,12 @@
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_WIDTHS, randomize_batch_norm
+from conftest import TINY_WIDTHS, assert_same_outputs, randomize_batch_norm
 
-from keras_parnet import ParNet, conv_bn, parnet_s
+from keras_parnet import ParNet, conv_bn
 from keras_parnet.reparam import reparameterize
+
+pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS; test_models fuses ParNet-S
 
 # Default (stride-32) and small-input (stride-8) networks, headless so that the
 # whole feature map is compared, and with every kind of head.
@@ -20,37 +22,11 @@ SIZES = [(64, 64), (45, 77)]
 KEPT_BN_SUFFIXES = ("_identity_bn", "_bn1", "_bn2")
 
 
-def outputs(model, images):
-    return keras.ops.convert_to_numpy(model(images, training=False))
-
-
-def random_images(height, width, batch=2, seed=0):
-    return np.random.default_rng(seed).random((batch, height, width, 3), dtype=np.float32)
-
-
-def assert_same_outputs(original, fused, sizes):
-    for height, width in sizes:
-        images = random_images(height, width)
-        expected = outputs(original, images)
-        np.testing.assert_allclose(outputs(fused, images), expected, rtol=0, atol=1e-4)
-        assert np.abs(expected).max() > 1e-2  # else the check above would be weak
-
-
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=["features", "small", "top", "small-max-pool"])
 def test_fused_model_computes_the_same_at_two_sizes(kwargs):
     original = randomize_batch_norm(ParNet(TINY_WIDTHS, **kwargs))
     fused = reparameterize(original)
     assert_same_outputs(original, fused, SIZES)
-
-
-def test_named_builder_fuses_to_the_paper_parameter_count():
-    original = randomize_batch_norm(
-        parnet_s(input_shape=(32, 32, 3), classes=1000, classifier_activation=None)
-    )
-    fused = reparameterize(original)
-    assert_same_outputs(original, fused, [(32, 32)])
-    trainable = sum(int(np.prod(weight.shape)) for weight in fused.trainable_weights)
-    assert round(trainable / 1e6, 1) == 19.2  # Goyal et al., Table 1 (fused ParNet-S)
 
 
 def test_fused_blocks_are_one_convolution_each():

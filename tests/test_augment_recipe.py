@@ -123,6 +123,7 @@ def test_random_erasing_never_and_no_augmentation_leave_the_images_as_loaded(dat
         np.testing.assert_array_equal(labels, np.eye(CLASSES))
 
 
+@pytest.mark.slow
 def test_randaugment_changes_images_within_the_pixel_range_repeatably(dataset):
     root, originals = dataset
     first = batches(root, epochs=2, randaugment=9)
@@ -137,6 +138,7 @@ def test_randaugment_changes_images_within_the_pixel_range_repeatably(dataset):
     assert not np.array_equal(first[0][0], first[1][0])
 
 
+@pytest.mark.slow
 def test_with_every_recipe_knob_off_training_applies_exactly_the_affine_transform(dataset):
     """Bit for bit today's pipeline: each batch is `_augment` of the loaded
     images with that batch's seed, and passing the off values changes nothing."""
@@ -216,6 +218,7 @@ def test_out_of_range_augmentation_flags_are_one_line_errors(capsys, flags, word
     assert last.startswith(f"error: argument {flags[0]}: ") and all(word in last for word in words), last
 
 
+@pytest.mark.slow
 def test_randaugment_per_image_gives_the_pixels_of_the_keras_layer_called_on_each_image(dataset):
     """`_randaugment` computes only the operations picked; the layer computes
     all and keeps those: the same pixels for the same seeds."""

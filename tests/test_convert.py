@@ -87,6 +87,7 @@ def tiny_checkpoint(torch_parnet, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation, packing", [("relu", "timm"), ("silu", "bare")])
 def test_converted_model_matches_pytorch(torch_parnet, tmp_path, activation, packing):
     import torch
@@ -129,6 +130,7 @@ def test_ema_weights_on_request(torch_parnet, tmp_path):
         convert.read_checkpoint(path, use_ema=True)
 
 
+@pytest.mark.slow
 def test_cli_writes_weights_and_run_folder(torch_parnet, tiny_checkpoint, tmp_path):
     reference = make_reference(torch_parnet, "relu")
     names = tmp_path / "names.txt"
@@ -267,6 +269,7 @@ def test_not_a_checkpoint_is_one_line_naming_the_file(torch_parnet, tmp_path, ca
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_read_only_out_is_one_line(tiny_checkpoint, read_only_dir, capsys):
     out = read_only_dir / "run"
     argv = [str(tiny_checkpoint), "--model", "s", "--widths", *map(str, TINY_WIDTHS),

@@ -143,6 +143,7 @@ def test_confusion_matrix_plot(tmp_path, normalize):
     _assert_png(tmp_path / "matrix.png")
 
 
+@pytest.mark.slow
 def test_training_curves_from_the_callbacks_history(tmp_path):
     import keras
 
@@ -249,6 +250,7 @@ def trained_run(tmp_path_factory):
     return run_dir, test_paths, test_labels, probabilities
 
 
+@pytest.mark.slow
 def test_evaluate_run_end_to_end(trained_run, capsys):
     run_dir, test_paths, test_labels, probabilities = trained_run
     assert evaluate_cli.main(["--run", str(run_dir), "--no-fuse", "--top-k", "2", "--batch-size", "3"]) == 0
@@ -279,6 +281,7 @@ def test_evaluate_run_end_to_end(trained_run, capsys):
     assert (run_dir / "report.txt").read_text() in printed
 
 
+@pytest.mark.slow
 def test_evaluate_fused_model_agrees(trained_run):
     run_dir, _, test_labels, probabilities = trained_run
     report = evaluate.evaluate_run(run_dir, worst=0)
@@ -288,6 +291,7 @@ def test_evaluate_fused_model_agrees(trained_run):
     assert report["accuracy"] == pytest.approx(np.mean(probabilities.argmax(1) == test_labels))
 
 
+@pytest.mark.slow
 def test_image_that_fails_to_decode_is_named_and_left_out(trained_run, tmp_path, capsys):
     import io
 
@@ -327,6 +331,7 @@ def test_dataset_path_relative_to_the_logs_parent(tmp_path, monkeypatch):
         evaluate.resolve_dataset({"training": {"dataset": "elsewhere"}}, run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments, message", [
     (["--run", "{run}", "--dataset", "{missing}"], "is not a folder: pass --dataset DIR"),
     (["--run", "{missing}"], "does not exist: pass a run folder"),
@@ -421,6 +426,7 @@ def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
     assert _files(read_only_run) == before
 
 
+@pytest.mark.slow
 def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path, capsys):
     """The curves are drawn from the readable rows, one plain `warning:` line
     (no `UserWarning` and source line) names the torn row, and the report
@@ -445,6 +451,7 @@ def test_torn_history_is_plotted_as_far_as_it_goes(run_copy, tmp_path, capsys):
     assert _files(run_copy) == before
 
 
+@pytest.mark.slow
 def test_nan_weights_are_named_not_reported(run_copy, tmp_path, capsys):
     from keras_parnet.runs import BEST_WEIGHTS, build_model, read_run
 

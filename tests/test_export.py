@@ -219,6 +219,7 @@ def test_every_format_exports_and_reloads_with_the_other_onednn_setting(trained_
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_mismatching_artifact_fails_loudly(trained_run, tmp_path, monkeypatch, capsys):
     def export_nothing(model, path, *settings):
         return path

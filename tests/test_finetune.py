@@ -34,6 +34,7 @@ def assert_backbone_equal(model, weights):
                 np.testing.assert_array_equal(mine, theirs, err_msg=layer.name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file_name", [runs.BEST_WEIGHTS, "legacy.h5"])
 def test_imagenet_file_loads_into_a_two_class_model_with_a_new_head(converted, file_name):
     run_dir, _ = converted
@@ -52,6 +53,7 @@ def test_imagenet_file_loads_into_a_two_class_model_with_a_new_head(converted, f
                                 "re-initialised predictions (48x2 + 2 instead of the file's 48x1000 + 1000)")
 
 
+@pytest.mark.slow
 def test_builder_skip_mismatch_and_the_applications_pattern(converted):
     run_dir, _ = converted
     path = run_dir / runs.BEST_WEIGHTS

@@ -16,6 +16,7 @@ def trainable_params(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "size, expected",
     [
@@ -33,6 +34,7 @@ def test_trainable_parameters_match_official(named_model, size, expected):
     assert tuple(features.compute_output_shape((1, 224, 224, 3))[1:3]) == (7, 7)
 
 
+@pytest.mark.slow
 def test_preprocessing_layers_add_no_trainable_parameter():
     model = parnet_s(include_preprocessing=True, normalization=(convert.OFFICIAL_PREPROCESSING["mean"],
                                                                 convert.OFFICIAL_PREPROCESSING["std"]))
@@ -41,6 +43,7 @@ def test_preprocessing_layers_add_no_trainable_parameter():
         "moving_mean", "moving_variance"}
 
 
+@pytest.mark.slow
 def test_fused_parnet_s_has_the_paper_parameter_count():
     original = randomize_batch_norm(parnet_s(input_shape=(32, 32, 3), classes=1000, classifier_activation=None))
     fused = reparameterize(original)
@@ -48,6 +51,7 @@ def test_fused_parnet_s_has_the_paper_parameter_count():
     assert round(trainable_params(fused) / 1e6, 1) == 19.2  # Goyal et al., Table 1 (fused ParNet-S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["s", "m", "l", "xl"])
 def test_named_builders_run_at_any_size(named_model, size):
     model = named_model(size)
@@ -57,6 +61,7 @@ def test_named_builders_run_at_any_size(named_model, size):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("small_input", [False, True])
 def test_forward_pass_at_every_size(small_input):
     """One model of any input size (the builders' default), at each size: its
@@ -71,11 +76,13 @@ def test_forward_pass_at_every_size(small_input):
         assert np.isfinite(features).all()
 
 
+@pytest.mark.slow
 def test_dynamic_input_model_accepts_several_sizes(tiny_model):
     for height, width in SIZES:
         assert infer(tiny_model, np.random.rand(1, height, width, 3)).shape == (1, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "pooling, shape",
     [(None, (None, 3, 4, TINY_WIDTHS[3])), ("avg", (None, TINY_WIDTHS[3])), ("max", (None, TINY_WIDTHS[3]))],
@@ -86,6 +93,7 @@ def test_headless_output_shapes(pooling, shape):
     assert infer(model, np.random.rand(1, 96, 128, 3)).shape == (1, *shape[1:])
 
 
+@pytest.mark.slow
 def test_max_and_avg_pooling_differ_as_numpy_says():
     inputs = np.random.rand(2, 64, 96, 3).astype("float32")
     features = ParNet(TINY_WIDTHS, include_top=False, input_shape=(64, 96, 3))
@@ -98,6 +106,7 @@ def test_max_and_avg_pooling_differ_as_numpy_says():
         )
 
 
+@pytest.mark.slow
 def test_official_structure_and_no_lambda(named_model):
     model = named_model("s")
     names = [layer.name for layer in model.layers]

@@ -88,6 +88,7 @@ def csv_probabilities(path):
     return {row[0]: np.array(row[3:], dtype="float64") for row in rows[1:]}
 
 
+@pytest.mark.slow
 def test_predict_image_matches_known_answer_and_title(known):
     model = known["model"]
     for name, level, expected in (("dark.png", DARK, CLASSES[0]), ("light.jpg", LIGHT, CLASSES[1])):
@@ -102,6 +103,7 @@ def test_predict_image_matches_known_answer_and_title(known):
         assert figure.axes[0].get_title() == f"{expected}:0.800"
 
 
+@pytest.mark.slow
 def test_scripted_stdin_keeps_going_after_bad_input(known, loaded, monkeypatch, capsys):
     images = known["images"]
     lines = [images / "dark.png", images / "missing.png", images / "corrupt.jpg",
@@ -117,6 +119,7 @@ def test_scripted_stdin_keeps_going_after_bad_input(known, loaded, monkeypatch, 
     assert "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.slow
 def test_interactive_prompt_shows_top_k_and_saves_titled_figure(known, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HOME", str(known["images"]))
     monkeypatch.chdir(tmp_path)
@@ -175,6 +178,7 @@ def test_batch_paths_folders_globs_and_csv(known, loaded, monkeypatch, capsys, t
     assert "missing.png" in err[1]
 
 
+@pytest.mark.slow
 def test_class_names_come_from_the_run_in_label_order(known, monkeypatch, capsys, tmp_path):
     # Sorted (or listdir) order would call the dark image `ant_light`.
     assert sorted(CLASSES) != CLASSES
@@ -232,6 +236,7 @@ def test_every_weights_format_gives_identical_probabilities(known, tmp_path):
 
 
 # Keras warns about the classifier it cannot fill before it raises.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_class_count_mismatch_is_one_clear_line(known, monkeypatch, capsys, tmp_path):
     run_dir = tmp_path / "run"
@@ -269,6 +274,7 @@ def test_clean_path(monkeypatch):
     assert predict_cli.clean_path("\n") == ""
 
 
+@pytest.mark.slow
 def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
     """A run with the official ImageNet preprocessing: the network sees the
     center crop of `load_image(..., crop_fraction)` normalized by mean/std
@@ -325,6 +331,7 @@ def test_save_plots_onto_a_file_is_one_line_before_loading(known, monkeypatch, c
     assert in_the_way.read_text() == "kept\n"
 
 
+@pytest.mark.slow
 def test_nan_outputs_are_an_error_not_a_class(known, monkeypatch, capsys, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(known["run_dir"], run_dir)

@@ -38,6 +38,7 @@ def _bare_and_preprocessed(config):
     return bare, preprocessed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preprocessing", [None, CONVERTED], ids=["default", "converted"])
 def test_model_on_pixels_equals_bare_network_on_normalized_pixels(preprocessing):
     config = _config(preprocessing)
@@ -50,6 +51,7 @@ def test_model_on_pixels_equals_bare_network_on_normalized_pixels(preprocessing)
     assert ("normalization" in {layer.name for layer in preprocessed.layers}) == bool(preprocessing)
 
 
+@pytest.mark.slow
 def test_without_preprocessing_is_the_bare_network_with_the_same_parameters():
     config = _config(CONVERTED)
     bare, preprocessed = _bare_and_preprocessed(config)
@@ -59,6 +61,7 @@ def test_without_preprocessing_is_the_bare_network_with_the_same_parameters():
     assert {"rescaling", "normalization"} <= {layer.name for layer in preprocessed.layers}
 
 
+@pytest.mark.slow
 def test_old_run_folder_loads_with_preprocessing(tmp_path):
     """A run saved before preprocessing moved into the model: weights written
     from the bare network, run.json as convert.py wrote it."""
@@ -72,6 +75,7 @@ def test_old_run_folder_loads_with_preprocessing(tmp_path):
     np.testing.assert_allclose(np.asarray(model(pixels, training=False)), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fused_model_keeps_the_preprocessing():
     from keras_parnet.reparam import reparameterize
 
@@ -103,6 +107,7 @@ def test_builder_refuses_normalization_without_preprocessing():
         ParNet(TINY_WIDTHS, input_shape=(32, 32, 3), normalization=(IMAGENET_MEAN, IMAGENET_STD))
 
 
+@pytest.mark.slow
 def test_bare_keras_file_saved_before_takes_pixels_through_predict(tmp_path):
     """A full .keras model saved without preprocessing layers (and no run.json)
     takes [0, 1] floats; the predictor puts a Rescaling in front of it."""

@@ -282,6 +282,7 @@ def fit_with_ema(run_dir, *extra_callbacks):
     return recorder
 
 
+@pytest.mark.slow
 def test_ema_weights_are_checkpointed_and_a_resumed_run_continues_exactly(tmp_path):
     whole = fit_with_ema(tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):

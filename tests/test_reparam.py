@@ -22,6 +22,7 @@ SIZES = [(64, 64), (45, 77)]
 KEPT_BN_SUFFIXES = ("_identity_bn", "_bn1", "_bn2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=["features", "small", "top", "small-max-pool"])
 def test_fused_model_computes_the_same_at_two_sizes(kwargs):
     original = randomize_batch_norm(ParNet(TINY_WIDTHS, **kwargs))
@@ -67,6 +68,7 @@ def test_original_model_is_left_unchanged(tiny_model):
         np.testing.assert_array_equal(old, new)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filename", ["model.keras", "model.weights.h5"])
 def test_model_loaded_from_a_checkpoint_fuses(tiny_model, tmp_path, filename):
     path = tmp_path / filename

@@ -27,6 +27,7 @@ def test_write_and_read_roundtrip(tmp_path):
     assert not (tmp_path / "run" / ".run.json.tmp").exists()
 
 
+@pytest.mark.slow
 def test_build_and_load_run_reproduce_weights(tmp_path):
     run_dir = tmp_path / "run"
     config = write_tiny_run(run_dir)
@@ -47,6 +48,7 @@ def test_newest_run_is_found(tmp_path):
     assert runs.find_latest_run(tmp_path).name == "a-new"
 
 
+@pytest.mark.slow
 def test_class_count_mismatch_is_reported(tmp_path):
     run_dir = tmp_path / "run"
     config = write_tiny_run(run_dir)

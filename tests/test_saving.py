@@ -18,6 +18,7 @@ def inputs():
     return np.random.default_rng(0).random((2, 64, 96, 3)).astype("float32")
 
 
+@pytest.mark.slow
 def test_keras_format_reloads_without_custom_objects(tiny_model, inputs, tmp_path):
     assert tiny_model.get_layer("fusion1_shuffle").__class__.__name__ == "ChannelShuffle"
     path = tmp_path / "model.keras"
@@ -27,6 +28,7 @@ def test_keras_format_reloads_without_custom_objects(tiny_model, inputs, tmp_pat
     assert diff.max() < 1e-6
 
 
+@pytest.mark.slow
 def test_weights_h5_roundtrip_through_builder(tiny_model, inputs, tmp_path):
     path = tmp_path / "tiny.weights.h5"
     tiny_model.save_weights(path)
@@ -35,6 +37,7 @@ def test_weights_h5_roundtrip_through_builder(tiny_model, inputs, tmp_path):
     assert diff.max() < 1e-6
 
 
+@pytest.mark.slow
 def test_legacy_h5_weights_roundtrip(tiny_model, inputs, tmp_path):
     path = tmp_path / "legacy.h5"
     with h5py.File(path, "w") as f:  # the Keras 2 `save_weights("x.h5")` layout
@@ -44,6 +47,7 @@ def test_legacy_h5_weights_roundtrip(tiny_model, inputs, tmp_path):
     assert diff.max() < 1e-6
 
 
+@pytest.mark.slow
 def test_legacy_full_model_h5_roundtrip(tiny_model, inputs, tmp_path):
     path = tmp_path / "legacy_model.h5"
     tiny_model.save(path)
@@ -52,6 +56,7 @@ def test_legacy_full_model_h5_roundtrip(tiny_model, inputs, tmp_path):
     assert diff.max() < 1e-6
 
 
+@pytest.mark.slow
 def test_class_count_mismatch_is_a_clear_error(tiny_model, tmp_path):
     path = tmp_path / "tiny.weights.h5"
     tiny_model.save_weights(path)

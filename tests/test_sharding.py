@@ -95,6 +95,7 @@ def batch_norm_layers(model):
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync_bn", [True, False])
 def test_sync_bn_synchronizes_batch_norm_of_several_replicas_only(sync_bn):
     replicas = types.SimpleNamespace(num_replicas_in_sync=2)  # one worker, two replicas

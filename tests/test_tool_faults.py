@@ -81,6 +81,7 @@ def test_unwritable_out_is_one_line_before_the_slow_work(tool, target, problem, 
     assert _files(tmp_path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", TOOLS)
 def test_disk_full_while_writing_keeps_what_was_there(tool, dataset, full_dir, capsys):
     main, arguments, _, report, first_plot = TOOLS[tool]

@@ -242,6 +242,7 @@ def test_logs_dir_that_cannot_be_written_is_refused(dataset, tmp_path, capsys, r
     assert error.startswith("error: --logs-dir ") and error.count("\n") == 1, error
 
 
+@pytest.mark.slow
 def test_start_weights_of_another_architecture_leave_no_run_folder(dataset, tmp_path, capsys):
     from keras_parnet import ParNet
 

@@ -94,9 +94,10 @@ def named_model():
 # One block per stream instead of (4, 5, 5): the model of the modules that
 # mark themselves `pytest.mark.usefixtures("shallow_module")`, those of what
 # is done with a model (training's machinery, saving, exporting, predicting,
-# fine-tuning), where depth changes nothing but the time: a tiny ParNet
-# builds, traces and exports in about half the time. The architecture's tests
-# (blocks, models, reparam, convert, preprocessing) keep the real depths.
+# fine-tuning) and of folding and preprocessing (they act block by block),
+# where depth changes nothing but the time: a tiny ParNet builds, traces and
+# exports in about half the time. The architecture's tests (blocks, models,
+# convert) keep the real depths.
 SHALLOW_STREAM_DEPTHS = (1, 1, 1)
 
 

@@ -7,7 +7,7 @@ from conftest import TINY_WIDTHS, randomize_batch_norm
 
 from keras_parnet import runs
 
-pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS; test_models counts ParNet-S's
+pytestmark = pytest.mark.usefixtures("shallow_module")  # conftest.SHALLOW_STREAM_DEPTHS; ParNet-S: test_models
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

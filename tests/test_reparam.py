@@ -6,7 +6,7 @@ from conftest import TINY_WIDTHS, assert_same_outputs, randomize_batch_norm
 from keras_parnet import ParNet, conv_bn
 from keras_parnet.reparam import reparameterize
 
-pytestmark = pytest.mark.usefixtures("shallow_module")  # see conftest.SHALLOW_STREAM_DEPTHS; test_models fuses ParNet-S
+pytestmark = pytest.mark.usefixtures("shallow_module")  # conftest.SHALLOW_STREAM_DEPTHS; ParNet-S: test_models
 
 # Default (stride-32) and small-input (stride-8) networks, headless so that the
 # whole feature map is compared, and with every kind of head.

@@ -246,12 +246,14 @@ def _write(model, path, format, config, raw_input, quantize, calibration):
     if format == "onnx":
         _write_onnx(served(traceable), path, config)
         return
+    # Serving needs no gradients: tracing them took up to a fifth of an export here.
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     if format == "savedmodel":
-        _serving_archive(traceable, config, raw_input).write_out(path, verbose=False)
+        _serving_archive(traceable, config, raw_input).write_out(path, options, verbose=False)
         return
     with tempfile.TemporaryDirectory() as saved_model:
         # From a SavedModel: `from_concrete_functions` gives NaN outputs here (TF 2.21).
-        _serving_archive(traceable, config, raw_input, serve_only=True).write_out(saved_model, verbose=False)
+        _serving_archive(traceable, config, raw_input, serve_only=True).write_out(saved_model, options, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serve"])
         _set_quantization(converter, quantize, calibration)
         path.write_bytes(converter.convert())

@@ -4,6 +4,7 @@ mirrored replicas against one device, mixed precision."""
 import collections
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -166,14 +167,16 @@ def test_two_workers_resume_a_run_together(dataset, tmp_path, monkeypatch):
     workers = [np.load(tmp_path / f"worker{index}.npz") for index in (0, 1)]
     assert [int(worker["iterations"]) for worker in workers] == [7 + 3] * 2
 
-    # Input sharded before decoding: each pass over the epoch's data (Keras may
-    # read its first batch before training) decodes 12 of the 13 training images
-    # (3 global batches of 4) in disjoint halves, and both held-out images on each worker.
+    # Input sharded before decoding: the epoch decodes 12 of the 13 training
+    # images (3 global batches of 4) in disjoint halves of 6, and both held-out
+    # images on each worker. Keras 3.15 reads a first batch before training, so
+    # the data of another shuffled epoch may be decoded in part or in whole,
+    # halved alike: no image more often than there are passes.
     validation = {str(dataset / name) for name in runs.read_run(run_dir)["validation"]["files"]}
     decoded = [json.loads(str(worker["decoded"])) for worker in workers]
     trained = [[path for path in paths if path not in validation] for paths in decoded]
-    passes = len(trained[0]) // 6
-    assert passes >= 1 and [len(paths) for paths in trained] == [6 * passes] * 2
+    passes = math.ceil(max(len(paths) for paths in trained) / 6)
+    assert all(len(paths) >= 6 for paths in trained) and passes <= 2
     assert max(collections.Counter(trained[0] + trained[1]).values()) <= passes
     assert set(trained[0] + trained[1]) <= {str(path) for path in (dataset / "train").rglob("*.png")} - validation
     assert [set(paths) & validation for paths in decoded] == [validation] * 2

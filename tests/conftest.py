@@ -1,6 +1,5 @@
 import contextlib
 import os
-import socket
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -311,42 +310,3 @@ def small_disk(tmp_path):
     with _mounted_tmpfs(tmp_path / "small_disk", "size=32m") as path:
         yield path
 
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def run_cluster(tmp_path, script, worker_args, timeout=600):
-    """Runs the Python `script` in one worker process per `worker_args` entry
-    (its argv: the .npz file it saves its results to, then the entry) as one
-    multi-worker cluster on localhost (TF_CONFIG); returns their exit codes
-    and outputs."""
-    import json
-    import subprocess
-    import sys
-
-    addresses = [f"localhost:{port}" for port in _free_ports(len(worker_args))]
-    processes, logs = [], []
-    for index, args in enumerate(worker_args):
-        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        scratch = tmp_path / f"tmp{index}"
-        scratch.mkdir()
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
-        logs.append(tmp_path / f"worker{index}.log")
-        with logs[-1].open("w") as log:  # files, not pipes: a full pipe would stall the cluster
-            processes.append(subprocess.Popen(
-                [sys.executable, "-c", script, str(tmp_path / f"worker{index}.npz"), *args],
-                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        codes = [process.wait(timeout=timeout) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    return codes, [log.read_text() for log in logs]

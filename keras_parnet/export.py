@@ -127,9 +127,18 @@ def _tensorflow_conv_class(split_groups):
     return TensorFlowConv2D
 
 
+def _silu(x):
+    """SiLU as `x * sigmoid(x)`: TensorFlow's `silu` op carries a custom
+    gradient, which a SavedModel either stores (traced at every export) or
+    warns about at every load; serving needs no gradient."""
+    import tensorflow as tf
+
+    return x * tf.sigmoid(x)
+
+
 def _traceable_copy(model, split_groups):
     """`model` with its grouped convolutions as TensorFlow ops (see
-    `_tensorflow_conv_class`)."""
+    `_tensorflow_conv_class`) and its SiLU without a custom gradient."""
     import keras
 
     tensorflow_conv = _tensorflow_conv_class(split_groups)
@@ -138,6 +147,8 @@ def _traceable_copy(model, split_groups):
         config = layer.get_config()
         if type(layer) is keras.layers.Conv2D and layer.groups > 1:
             return tensorflow_conv.from_config(config)
+        if type(layer) is keras.layers.Activation and config["activation"] == "silu":
+            return keras.layers.Activation(_silu, name=layer.name)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone_layer)
@@ -246,14 +257,12 @@ def _write(model, path, format, config, raw_input, quantize, calibration):
     if format == "onnx":
         _write_onnx(served(traceable), path, config)
         return
-    # Serving needs no gradients: tracing them took up to a fifth of an export here.
-    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     if format == "savedmodel":
-        _serving_archive(traceable, config, raw_input).write_out(path, options, verbose=False)
+        _serving_archive(traceable, config, raw_input).write_out(path, verbose=False)
         return
     with tempfile.TemporaryDirectory() as saved_model:
         # From a SavedModel: `from_concrete_functions` gives NaN outputs here (TF 2.21).
-        _serving_archive(traceable, config, raw_input, serve_only=True).write_out(saved_model, options, verbose=False)
+        _serving_archive(traceable, config, raw_input, serve_only=True).write_out(saved_model, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serve"])
         _set_quantization(converter, quantize, calibration)
         path.write_bytes(converter.convert())

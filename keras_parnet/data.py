@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_parnet.files import DatasetError, ImageError  # noqa: F401 (raised here; part of this API)
 from keras_parnet.preprocessing import resize_like_run
 from keras_parnet.runs import image_size_pair
 from keras_parnet.train import RANDAUGMENT_MAGNITUDES
@@ -55,14 +56,6 @@ JPEG, PNG, BMP, PILLOW = range(4)
 # The optional validation folder beside train/ and test/.
 VAL_SPLIT = "val"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class DatasetError(ValueError):
-    """A dataset folder that does not have the `flow_from_directory` layout."""
-
-
-class ImageError(ValueError):
-    """A file that is not a readable image."""
 
 
 def _reason(error):

@@ -534,7 +534,6 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
             or any artifact giving NaN.
     """
     from keras_parnet.files import output_dir
-    from keras_parnet.reparam import reparameterize
     from keras_parnet.runs import load_run
 
     if input not in INPUTS:
@@ -561,6 +560,8 @@ def export_run(path=None, format="keras", out=None, logs_dir="logs", input="uint
         calibration = calibration_images(dataset, config["image_size"], calibration_count)
         if input == "float":
             calibration = pipeline_inputs(calibration, config)
+    from keras_parnet.reparam import reparameterize  # imports Keras: after the checks above
+
     fused = reparameterize(model)
     export_model(fused, out, format, config, input, quantize, calibration)
 

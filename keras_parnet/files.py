@@ -1,10 +1,20 @@
-"""Files the library writes: output folders checked before any slow work,
+"""Files the library reads and writes: the errors of dataset folders and
+image files (here, not in `keras_parnet.data`, so that a tool can name them
+without starting TensorFlow), output folders checked before any slow work,
 and writes that leave an earlier file intact when they fail part way."""
 
 import errno
 import os
 import shutil
 from pathlib import Path
+
+
+class DatasetError(ValueError):
+    """A dataset folder that does not have the `flow_from_directory` layout."""
+
+
+class ImageError(ValueError):
+    """A file that is not a readable image."""
 
 
 class OutputError(ValueError):

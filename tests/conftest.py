@@ -264,16 +264,18 @@ def full_dir(tmp_path):
         yield path
 
 
-def run_cli(module, *args, cwd=None, env=None, timeout=600):
+def run_cli(module, *args, cwd=None, env=None, timeout=600, builds_models=True):
     """Runs `python -m <module> args` in a fresh process, as a user would,
     with no standard input, building ParNets of this process's stream depths
-    (see `shallow_module`); returns the `CompletedProcess` (text output)."""
+    (see `shallow_module`); returns the `CompletedProcess` (text output).
+    `builds_models=False`: the tool stops before it builds one, so it starts
+    as a user's would (setting shallow depths imports Keras first)."""
     import subprocess
     import sys
 
     from keras_parnet import models
 
-    shallow = models.STREAM_DEPTHS == SHALLOW_STREAM_DEPTHS
+    shallow = builds_models and models.STREAM_DEPTHS == SHALLOW_STREAM_DEPTHS
     environment = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
     command = ["-c", SHALLOW_MAIN] if shallow else ["-m"]
     return subprocess.run([sys.executable, *command, module, *map(str, args)], cwd=cwd, env=environment,

@@ -634,7 +634,8 @@ def test_a_single_class_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path):
+def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # as a user starts it
     rng = np.random.default_rng(11)
     for split in ("train", "test"):
         for name in ("a", "b"):
@@ -644,6 +645,9 @@ def test_train_names_the_damaged_files_and_stops_in_one_line(tmp_path):
                      "--epochs", "1", "--image-size", "32", "--val-split", "0")
     assert_one_line_error(result, str(tmp_path / "data" / "train" / "b"), "has no readable images")
     assert f"{damaged} is truncated or corrupt" in result.stderr
+    # The tool's lines only: TensorFlow started (it decoded the images) and printed none of its start-up lines.
+    assert [line.split(":")[0] for line in result.stderr.splitlines() if not line.startswith("  ")] == [
+        "warning", "error"], result.stderr
 
 
 def test_load_image_errors_name_the_file(tmp_path):

@@ -315,7 +315,7 @@ def test_image_size_below_the_minimum_in_a_real_process(known):
     from conftest import assert_one_line_error, run_cli
 
     result = run_cli("keras_parnet.cli.predict", known["images"] / "dark.png", "--run", known["run_dir"],
-                     "--image-size", 7)
+                     "--image-size", 7, builds_models=False)
     assert_one_line_error(result, "--image-size 7", "32 px minimum")
     assert not result.stdout
 

@@ -8,6 +8,8 @@ errors must answer without loading TensorFlow.
 """
 
 import argparse
+import importlib.abc
+import importlib.util
 import logging
 import math
 import os
@@ -257,30 +259,58 @@ def take_deprecated_positional(args, dest, new, old=None):
 
 
 def quiet_tensorflow():
-    """Imports TensorFlow without its start-up log lines (absl, CUDA stubs,
-    cuInit on a machine without GPU). Call after parsing flags and before
-    importing any module that imports TensorFlow; a user's
-    `TF_CPP_MIN_LOG_LEVEL` wins. If the import fails, its output is shown."""
+    """Makes TensorFlow start without its start-up log lines (absl, CUDA
+    stubs, cuInit on a machine without GPU) whenever it is first imported, so
+    errors found before it is needed come at once. Call after parsing flags;
+    a user's `TF_CPP_MIN_LOG_LEVEL` wins. If the import fails, its output is
+    shown."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` once, with a loader that runs its import with file
+    descriptor 2 (where TensorFlow's C++ start-up lines go) captured."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self._loader.exec_module(module)
+            except BaseException:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+                raise
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 class _ConsoleHandler(logging.Handler):

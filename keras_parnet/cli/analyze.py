@@ -45,7 +45,7 @@ def main(argv=None):
         parser.error("--dataset DIR is required: a folder holding train/ and test/ (or --run RUN_DIR).")
     _common.quiet_tensorflow()
     from keras_parnet.analyze import ANALYSIS_JSON, analyze_dataset, format_analysis
-    from keras_parnet.data import DatasetError
+    from keras_parnet.files import DatasetError
     from keras_parnet.evaluate import EvaluateError, resolve_dataset
     from keras_parnet.runs import RunError, read_run
 

@@ -73,7 +73,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     take_positional_run(args, parser)
     _common.quiet_tensorflow()
-    from keras_parnet.data import DatasetError, ImageError
+    from keras_parnet.files import DatasetError, ImageError
     from keras_parnet.evaluate import EvaluateError
     from keras_parnet.export import ExportError
     from keras_parnet.predict import PredictError

@@ -87,7 +87,7 @@ def main(argv=None):
     import logging
 
     from keras_parnet import export
-    from keras_parnet.data import DatasetError
+    from keras_parnet.files import DatasetError
     from keras_parnet.runs import RunError
 
     # Eager calls through Keras' per-op XLA grouped convolution warn about retracing.

@@ -248,12 +248,12 @@ def load(args):
 
 def predict(args, stdin):
     """Runs the mode the arguments and stdin call for; returns the exit code."""
-    from keras_parnet.models import MIN_INPUT_SIZE
     from keras_parnet.predict import PredictError
+    from keras_parnet.train import MIN_IMAGE_SIZE  # models' MIN_INPUT_SIZE, without importing Keras
 
-    if args.image_size is not None and args.image_size < MIN_INPUT_SIZE:
-        raise PredictError(f"--image-size {args.image_size} is below ParNet's {MIN_INPUT_SIZE} px "
-                           f"minimum: pass at least {MIN_INPUT_SIZE}, or leave it out for the run's size.")
+    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
+        raise PredictError(f"--image-size {args.image_size} is below ParNet's {MIN_IMAGE_SIZE} px "
+                           f"minimum: pass at least {MIN_IMAGE_SIZE}, or leave it out for the run's size.")
     if args.out:
         _common.output_dir(args.out, "--out")
     model, config = load(args)
@@ -283,7 +283,7 @@ def predict(args, stdin):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _common.quiet_tensorflow()
-    from keras_parnet.data import ImageError
+    from keras_parnet.files import ImageError
     from keras_parnet.export import ExportError
     from keras_parnet.predict import PredictError
     from keras_parnet.runs import RunError

@@ -446,7 +446,7 @@ def stopped_training(error, settings):
 def main(argv=None):
     args = parse_flags(argv)
     _common.quiet_tensorflow()
-    from keras_parnet.data import DatasetError
+    from keras_parnet.files import DatasetError
     from keras_parnet.runs import RunError
     from keras_parnet.train import TrainError
 

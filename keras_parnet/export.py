@@ -272,22 +272,20 @@ def _serving_archive(model, config, raw_input, serve_only=False):
     """The SavedModel endpoints of `model` (see the module docstring): `serve`
     (the first, so also `serving_default`) takes uint8 images when
     `raw_input`, else what `model` takes; the others come with a `config`
-    unless `serve_only`."""
+    unless `serve_only`. The network is traced once; every endpoint calls it."""
     import keras
     import tensorflow as tf
 
-    from keras_parnet.preprocessing import with_preprocessing
+    from keras_parnet.preprocessing import RunPreprocessing
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     float_spec = _input_spec(model)
-    serve_float = lambda images: model(images, training=False)  # noqa: E731
+    serve_float = tf.function(lambda images: model(images, training=False), input_signature=[float_spec])
     if raw_input:
-        serving = with_preprocessing(model, config)
-        preprocessing = serving.get_layer("preprocessing")
-        archive.track(serving)
+        preprocessing = RunPreprocessing.from_run(config, name="preprocessing")  # no variables to track
         archive.add_endpoint(
-            "serve", lambda images: serving(images, training=False), input_signature=[_input_spec(model, "uint8")]
+            "serve", lambda images: serve_float(preprocessing(images)), input_signature=[_input_spec(model, "uint8")]
         )
         if serve_only:
             return archive
@@ -301,7 +299,7 @@ def _serving_archive(model, config, raw_input, serve_only=False):
             images = tf.map_fn(
                 decode_and_prepare, encoded, fn_output_signature=tf.TensorSpec(float_spec.shape[1:], tf.float32)
             )
-            return model(images, training=False)
+            return serve_float(images)
 
         archive.add_endpoint(
             "serve_bytes", serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="encoded")]

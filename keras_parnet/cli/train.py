@@ -38,8 +38,8 @@ def build_parser():
         MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, OPTIMIZERS, RANDAUGMENT_MAGNITUDES, SCHEDULES
 
     parser = _common.make_parser(
-        TOOL, "Train ParNet on dataset/<name>/{train,val,test}/<class>/ images (val/ optional). With no arguments and no "
-        f"{DEFAULT_DATASET}, trains on the embedded demo dataset.")
+        TOOL, "Train ParNet on dataset/<name>/{train,val,test}/<class>/ images (val/ optional). "
+        f"With no arguments and no {DEFAULT_DATASET}, trains on the embedded demo dataset.")
     data = parser.add_argument_group("data")
     _common.add_dataset_argument(data, f"{_common.DATASET_HELP} (default {DEFAULT_DATASET})")
     data.add_argument("--demo", action="store_true",

@@ -152,7 +152,8 @@ def broadcast_from_chief(strategy, values):
 
     Replica 0 runs on the chief (TensorFlow numbers the chief's devices first):
     every replica adds zeros but replica 0, which adds its values, in one
-    all-reduce per dtype.
+    all-reduce per dtype of all values of that dtype flattened into one
+    vector (a model's weights and optimizer state: hundreds of tensors).
     """
 
     def chief_values(values):
@@ -161,9 +162,11 @@ def broadcast_from_chief(strategy, values):
         sums = [None] * len(values)
         for dtype in {value.dtype for value in values}:
             indices = [index for index, value in enumerate(values) if value.dtype == dtype]
-            masked = [tf.where(from_chief, values[index], tf.zeros_like(values[index])) for index in indices]
-            for index, total in zip(indices, context.all_reduce("SUM", masked)):
-                sums[index] = total
+            flat = tf.concat([tf.reshape(values[index], [-1]) for index in indices], axis=0)
+            total = context.all_reduce("SUM", tf.where(from_chief, flat, tf.zeros_like(flat)))
+            parts = tf.split(total, [values[index].shape.num_elements() for index in indices])
+            for index, part in zip(indices, parts):
+                sums[index] = tf.reshape(part, values[index].shape)
         return sums
 
     results = tf.function(lambda values: strategy.run(chief_values, args=(values,)))(list(values))

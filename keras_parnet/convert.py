@@ -51,12 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_parnet import configs
 from keras_parnet.files import write_atomically
-from keras_parnet import models
-from keras_parnet.models import MODEL_CONFIGS, ParNet
 
 # The `parnet_*` builders' table, keyed by `--model`, but for ParNet-S's released widths.
-OFFICIAL_CONFIGS = {name[len("parnet_"):]: dict(config) for name, config in MODEL_CONFIGS.items()}
+OFFICIAL_CONFIGS = {name[len("parnet_"):]: dict(config) for name, config in configs.MODEL_CONFIGS.items()}
 OFFICIAL_CONFIGS["s"]["widths"] = (92, 192, 384, 1280)
 OFFICIAL_ACTIVATION = "relu"
 OFFICIAL_IMAGE_SIZE = 224
@@ -90,7 +89,7 @@ def _official_blocks():
         "combine.2": "fusion2",
         "combine.3": "downsample5",
     }
-    for stream, depth in enumerate(models.STREAM_DEPTHS):  # the builders' depths, as they build
+    for stream, depth in enumerate(configs.STREAM_DEPTHS):  # the builders' depths
         for block in range(depth):
             blocks[f"streams.{stream}.{block}"] = f"stream{stream + 1}_block{block + 1}"
     return blocks
@@ -276,6 +275,8 @@ def build_official(model_name, widths=None, activation=OFFICIAL_ACTIVATION, clas
     Returns:
         A `keras.Model`.
     """
+    from keras_parnet.models import ParNet
+
     config = official_config(model_name)
     kwargs.setdefault("dropout", config["dropout"])
     kwargs.setdefault("name", f"parnet_{model_name}")

@@ -30,11 +30,10 @@ import zipfile
 import keras
 from keras import layers
 
-from keras_parnet import compat
+from keras_parnet import compat, configs
 from keras_parnet.blocks import downsampling_block, fusion_block, repvgg_block, stream
+from keras_parnet.configs import MIN_INPUT_SIZE, MODEL_CONFIGS
 
-MIN_INPUT_SIZE = 32
-STREAM_DEPTHS = (4, 5, 5)
 # The classifier: the one layer a partial load may leave at its fresh initialization.
 HEAD_LAYER = "predictions"
 # The layers whose output channels are the widths (w0, w1, w2, w3).
@@ -42,14 +41,6 @@ WIDTH_LAYERS = ("downsample2_dense_conv", "downsample3_dense_conv", "downsample4
                 "downsample5_dense_conv")
 
 logger = logging.getLogger(__name__)
-
-# (w0, w1, w2, w3) and the dropout of the official configurations.
-MODEL_CONFIGS = {
-    "parnet_s": {"widths": (96, 192, 384, 1280), "dropout": 0.0},
-    "parnet_m": {"widths": (128, 256, 512, 2048), "dropout": 0.0},
-    "parnet_l": {"widths": (160, 320, 640, 2560), "dropout": 0.1},
-    "parnet_xl": {"widths": (200, 400, 800, 3200), "dropout": 0.1},
-}
 
 BASE_DOCSTRING = """Instantiates the {size} ParNet architecture.
 
@@ -362,11 +353,11 @@ def ParNet(
     stream2_in = downsampling_block(stream1_in, w1, activation=activation, name="downsample3")
     stream3_in = downsampling_block(stream2_in, w2, activation=activation, name="downsample4")
 
-    x = stream(stream1_in, STREAM_DEPTHS[0], activation, "stream1")
+    x = stream(stream1_in, configs.STREAM_DEPTHS[0], activation, "stream1")
     x = downsampling_block(x, w1, activation=activation, name="stream1_downsample")
-    y = stream(stream2_in, STREAM_DEPTHS[1], activation, "stream2")
+    y = stream(stream2_in, configs.STREAM_DEPTHS[1], activation, "stream2")
     x = fusion_block(y, x, w2, strides=2, activation=activation, name="fusion1")
-    y = stream(stream3_in, STREAM_DEPTHS[2], activation, "stream3")
+    y = stream(stream3_in, configs.STREAM_DEPTHS[2], activation, "stream3")
     x = fusion_block(y, x, w2, strides=1, activation=activation, name="fusion2")
     x = downsampling_block(x, w3, activation=activation, name="downsample5")
 

@@ -60,7 +60,6 @@ DEMO_SETTINGS = {
     "image_size": 32,
     "epochs": 15,
 }
-MIN_IMAGE_SIZE = 32  # ParNet's five stride-2 stages
 MAX_IMAGE_SIZE = 2048  # one 2048 px image already takes gigabytes of activations in training
 # The seed of the --val-split draw when no --seed is given.
 DEFAULT_SPLIT_SEED = 0

@@ -102,11 +102,11 @@ SHALLOW_STREAM_DEPTHS = (1, 1, 1)
 
 @contextlib.contextmanager
 def shallow_streams():
-    """Builders (and so the converter's block map) use `SHALLOW_STREAM_DEPTHS` inside."""
-    from keras_parnet import models
+    """Builders use `SHALLOW_STREAM_DEPTHS` inside."""
+    from keras_parnet import configs
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
+        patch.setattr(configs, "STREAM_DEPTHS", SHALLOW_STREAM_DEPTHS)
         yield
 
 
@@ -147,13 +147,14 @@ def converted(tmp_path_factory):
     return run_dir, model
 
 
-# The start of a script that builds ParNets of shallow streams in a fresh process.
+# The start of a script that builds ParNets of shallow streams in a fresh
+# process (it imports neither Keras nor TensorFlow).
 SHALLOW_PRELUDE = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from conftest import SHALLOW_STREAM_DEPTHS
-from keras_parnet import models
-models.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
+from keras_parnet import configs
+configs.STREAM_DEPTHS = SHALLOW_STREAM_DEPTHS
 """
 
 # `python -c SHALLOW_MAIN MODULE ARGS...` runs `python -m MODULE ARGS...` with shallow streams.
@@ -264,18 +265,16 @@ def full_dir(tmp_path):
         yield path
 
 
-def run_cli(module, *args, cwd=None, env=None, timeout=600, builds_models=True):
+def run_cli(module, *args, cwd=None, env=None, timeout=600):
     """Runs `python -m <module> args` in a fresh process, as a user would,
     with no standard input, building ParNets of this process's stream depths
-    (see `shallow_module`); returns the `CompletedProcess` (text output).
-    `builds_models=False`: the tool stops before it builds one, so it starts
-    as a user's would (setting shallow depths imports Keras first)."""
+    (see `shallow_module`); returns the `CompletedProcess` (text output)."""
     import subprocess
     import sys
 
-    from keras_parnet import models
+    from keras_parnet import configs
 
-    shallow = builds_models and models.STREAM_DEPTHS == SHALLOW_STREAM_DEPTHS
+    shallow = configs.STREAM_DEPTHS == SHALLOW_STREAM_DEPTHS
     environment = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
     command = ["-c", SHALLOW_MAIN] if shallow else ["-m"]
     return subprocess.run([sys.executable, *command, module, *map(str, args)], cwd=cwd, env=environment,

@@ -273,7 +273,7 @@ def test_dynamic_input_size_is_refused(tmp_path):
 @pytest.mark.slow
 def test_output_in_a_read_only_folder_is_one_line_in_a_real_process(trained_run, read_only_dir):
     result = run_cli("keras_parnet.cli.export", "--run", trained_run[0], "--format", "tflite",
-                     "--out", read_only_dir, builds_models=False)
+                     "--out", read_only_dir)
     assert_one_line_error(result, str(read_only_dir), "read-only")
 
 

@@ -161,12 +161,6 @@ def test_impossible_arguments_raise_clear_errors(kwargs, message):
     assert message in str(error.value)
 
 
-def test_the_tools_light_minimum_is_the_builders():
-    from keras_parnet import models, train
-
-    assert train.MIN_IMAGE_SIZE == models.MIN_INPUT_SIZE  # flags are checked without importing Keras
-
-
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         ParNet(TINY_WIDTHS, weights=str(tmp_path / "nope.weights.h5"))

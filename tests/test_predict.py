@@ -310,12 +310,12 @@ def test_image_size_below_the_minimum_is_one_line(known, monkeypatch, capsys, si
                    "or leave it out for the run's size."]
 
 
-@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
+@pytest.mark.slow  # the `known` run
 def test_image_size_below_the_minimum_in_a_real_process(known):
     from conftest import assert_one_line_error, run_cli
 
     result = run_cli("keras_parnet.cli.predict", known["images"] / "dark.png", "--run", known["run_dir"],
-                     "--image-size", 7, builds_models=False)
+                     "--image-size", 7)
     assert_one_line_error(result, "--image-size 7", "32 px minimum")
     assert not result.stdout
 

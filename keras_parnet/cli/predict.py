@@ -249,11 +249,11 @@ def load(args):
 def predict(args, stdin):
     """Runs the mode the arguments and stdin call for; returns the exit code."""
     from keras_parnet.predict import PredictError
-    from keras_parnet.train import MIN_IMAGE_SIZE  # models' MIN_INPUT_SIZE, without importing Keras
+    from keras_parnet.configs import MIN_INPUT_SIZE
 
-    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
-        raise PredictError(f"--image-size {args.image_size} is below ParNet's {MIN_IMAGE_SIZE} px "
-                           f"minimum: pass at least {MIN_IMAGE_SIZE}, or leave it out for the run's size.")
+    if args.image_size is not None and args.image_size < MIN_INPUT_SIZE:
+        raise PredictError(f"--image-size {args.image_size} is below ParNet's {MIN_INPUT_SIZE} px "
+                           f"minimum: pass at least {MIN_INPUT_SIZE}, or leave it out for the run's size.")
     if args.out:
         _common.output_dir(args.out, "--out")
     model, config = load(args)

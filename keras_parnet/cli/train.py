@@ -33,9 +33,10 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 def build_parser():
     # The library module imports TensorFlow only when it trains.
+    from keras_parnet.configs import MIN_INPUT_SIZE
     from keras_parnet.recipes import RECIPES
     from keras_parnet.train import DEFAULT_DATASET, DEFAULTS, DEMO_DATASET, DEMO_SETTINGS, FINE_TUNE_LR_DIVISOR, \
-        MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, OPTIMIZERS, RANDAUGMENT_MAGNITUDES, SCHEDULES
+        MAX_IMAGE_SIZE, OPTIMIZERS, RANDAUGMENT_MAGNITUDES, SCHEDULES
 
     parser = _common.make_parser(
         TOOL, "Train ParNet on dataset/<name>/{train,val,test}/<class>/ images (val/ optional). "
@@ -45,7 +46,7 @@ def build_parser():
     data.add_argument("--demo", action="store_true",
                       help=f"train on the embedded demo ({DEMO_DATASET}) with the demo settings")
     _common.add_image_size_argument(
-        data, f"square input size, pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+        data, f"square input size, pixels, {MIN_INPUT_SIZE} to {MAX_IMAGE_SIZE} "
         f"(default {DEFAULTS['image_size']}, demo {DEMO_SETTINGS['image_size']})")
     _common.add_batch_size_argument(
         data, None, f"images per replica and step (default {DEFAULTS['batch_size']}); a step trains on this "
@@ -192,13 +193,14 @@ def build_parser():
 
 def check_flags(args, parser):
     """Refuses flag values their types let through but training cannot use."""
-    from keras_parnet.train import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, RANDAUGMENT_MAGNITUDES
+    from keras_parnet.configs import MIN_INPUT_SIZE
+    from keras_parnet.train import MAX_IMAGE_SIZE, RANDAUGMENT_MAGNITUDES
 
     if args.lr_decay is not None and args.lr_decay > 1:
         parser.error(f"argument --lr-decay: {args.lr_decay:g} is above 1: it multiplies the learning rate "
                      "once per epoch; pass e.g. 0.95, or 1 for a constant rate")
-    if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
-        parser.error(f"argument --image-size: {args.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} "
+    if args.image_size is not None and not MIN_INPUT_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        parser.error(f"argument --image-size: {args.image_size} is outside {MIN_INPUT_SIZE}..{MAX_IMAGE_SIZE} "
                      "px (ParNet's minimum, and the largest this tool trains at): pass e.g. 256")
     if args.fine_tune_lr is not None and not args.freeze_epochs and not args.resume:
         parser.error("argument --fine-tune-lr: it applies after --freeze-epochs: pass --freeze-epochs N too")

@@ -415,13 +415,13 @@ def read_only_run(run_copy):
     subprocess.run(["umount", "-l", str(run_copy)], check=False)
 
 
-@pytest.mark.slow  # a real process: TensorFlow starts in it (6-9 s)
-def test_read_only_run_folder_names_out_as_the_way_out(read_only_run):
-    """A real process: one line that says to write elsewhere with --out."""
-    from conftest import assert_one_line_error, run_cli
+@pytest.mark.slow
+def test_read_only_run_folder_names_out_as_the_way_out(read_only_run, capsys):
+    """One line that says to write elsewhere with --out."""
+    from conftest import assert_one_line_error, main_as_process
 
     before = _files(read_only_run)
-    result = run_cli("keras_parnet.cli.evaluate", "--run", read_only_run)
+    result = main_as_process(evaluate_cli.main, capsys, "--run", read_only_run)
     assert_one_line_error(result, str(read_only_run), "read-only file system", "--out")
     assert _files(read_only_run) == before
 

@@ -283,7 +283,7 @@ def _serving_archive(model, config, raw_input, serve_only=False):
     float_spec = _input_spec(model)
     serve_float = tf.function(lambda images: model(images, training=False), input_signature=[float_spec])
     if raw_input:
-        preprocessing = RunPreprocessing.from_run(config, name="preprocessing")  # no variables to track
+        preprocessing = RunPreprocessing.from_run(config)  # no variables to track
         archive.add_endpoint(
             "serve", lambda images: serve_float(preprocessing(images)), input_signature=[_input_spec(model, "uint8")]
         )

@@ -248,8 +248,8 @@ def load(args):
 
 def predict(args, stdin):
     """Runs the mode the arguments and stdin call for; returns the exit code."""
-    from keras_parnet.predict import PredictError
     from keras_parnet.configs import MIN_INPUT_SIZE
+    from keras_parnet.predict import PredictError
 
     if args.image_size is not None and args.image_size < MIN_INPUT_SIZE:
         raise PredictError(f"--image-size {args.image_size} is below ParNet's {MIN_INPUT_SIZE} px "

@@ -1,9 +1,17 @@
 import contextlib
+import gc
 import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Python's automatic full collections scan every live object (near a million
+# in a worker that has traced TensorFlow graphs) and set in about twenty times
+# while test_export.py and test_train.py run: made rare, those two modules ran
+# 13-18% faster (196-200 s against 225-243 s). Younger objects are collected
+# as usual.
+gc.set_threshold(700, 10, 1000)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -301,17 +301,10 @@ def test_convert_needs_somewhere_to_write(capsys):
     assert capsys.readouterr().err.startswith("error: nothing to write: pass --out DIR")
 
 
-def test_python_m_export_still_works_and_says_what_replaces_it():
-    result, _ = run_python("-m", "keras_parnet.export", "--help")
-    assert result.returncode == 0 and "--format" in result.stdout
+@pytest.mark.parametrize("tool, flag", [("export", "--format"), ("convert", "--class-names")])
+def test_python_m_still_works_and_says_what_replaces_it(tool, flag):
+    result, _ = run_python("-m", f"keras_parnet.{tool}", "--help")
+    assert result.returncode == 0 and flag in result.stdout
     assert result.stderr.splitlines() == [
-        "warning: python -m keras_parnet.export is deprecated and will be removed in the next release; "
-        "use parnet-export"]
-
-
-def test_python_m_convert_still_works_and_says_what_replaces_it():
-    result, _ = run_python("-m", "keras_parnet.convert", "--help")
-    assert result.returncode == 0 and "--class-names" in result.stdout
-    assert result.stderr.splitlines() == [
-        "warning: python -m keras_parnet.convert is deprecated and will be removed in the next release; "
-        "use parnet-convert"]
+        f"warning: python -m keras_parnet.{tool} is deprecated and will be removed in the next release; "
+        f"use parnet-{tool}"]

@@ -18,41 +18,30 @@ def inputs():
     return np.random.default_rng(0).random((2, 64, 96, 3)).astype("float32")
 
 
-@pytest.mark.slow
-def test_keras_format_reloads_without_custom_objects(tiny_model, inputs, tmp_path):
-    assert tiny_model.get_layer("fusion1_shuffle").__class__.__name__ == "ChannelShuffle"
-    path = tmp_path / "model.keras"
-    tiny_model.save(path)
-    reloaded = keras.saving.load_model(path)
-    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
-    assert diff.max() < 1e-6
-
-
-@pytest.mark.slow
-def test_weights_h5_roundtrip_through_builder(tiny_model, inputs, tmp_path):
-    path = tmp_path / "tiny.weights.h5"
-    tiny_model.save_weights(path)
-    reloaded = fresh_tiny(weights=str(path))
-    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
-    assert diff.max() < 1e-6
-
-
-@pytest.mark.slow
-def test_legacy_h5_weights_roundtrip(tiny_model, inputs, tmp_path):
-    path = tmp_path / "legacy.h5"
+def save_legacy_h5_weights(model, path):
     with h5py.File(path, "w") as f:  # the Keras 2 `save_weights("x.h5")` layout
-        compat.save_legacy_h5_weights(tiny_model, f)
-    reloaded = fresh_tiny(weights=str(path))
-    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
-    assert diff.max() < 1e-6
+        compat.save_legacy_h5_weights(model, f)
+
+
+def load_into_fresh_tiny(path):
+    return fresh_tiny(weights=str(path))
+
+
+SAVE_AND_RELOAD = {  # file name: (save, reload); full models reload without custom_objects
+    "model.keras": (keras.Model.save, keras.saving.load_model),
+    "tiny.weights.h5": (keras.Model.save_weights, load_into_fresh_tiny),
+    "legacy.h5": (save_legacy_h5_weights, load_into_fresh_tiny),
+    "legacy_model.h5": (keras.Model.save, keras.saving.load_model),
+}
 
 
 @pytest.mark.slow
-def test_legacy_full_model_h5_roundtrip(tiny_model, inputs, tmp_path):
-    path = tmp_path / "legacy_model.h5"
-    tiny_model.save(path)
-    reloaded = keras.saving.load_model(path)
-    diff = np.abs(infer(reloaded, inputs) - infer(tiny_model, inputs))
+@pytest.mark.parametrize("name", SAVE_AND_RELOAD)
+def test_every_format_reloads_the_same_model(tiny_model, inputs, tmp_path, name):
+    assert tiny_model.get_layer("fusion1_shuffle").__class__.__name__ == "ChannelShuffle"
+    save, reload = SAVE_AND_RELOAD[name]
+    save(tiny_model, tmp_path / name)
+    diff = np.abs(infer(reload(tmp_path / name), inputs) - infer(tiny_model, inputs))
     assert diff.max() < 1e-6
 
 

@@ -294,7 +294,8 @@ def test_converted_run_preprocessing_crops_and_normalizes(known, tmp_path):
     assert 0.3 * 255 < cropped[..., 0].mean() < 0.7 * 255  # the crop shows both halves
     normalized = (cropped[np.newaxis] / 255 - np.float32(mean)) / np.float32(std)
     expected = keras.ops.convert_to_numpy(bare(normalized.astype("float32"), training=False))[0]
-    np.testing.assert_allclose([p for _, p in ranked], sorted(expected, reverse=True), atol=1e-6)
+    # float32 rounding: the layers and numpy normalize in different orders (1.03e-6 seen once)
+    np.testing.assert_allclose([p for _, p in ranked], sorted(expected, reverse=True), atol=1e-5)
 
 
 # Failure paths: one line, exit 2, nothing written before lost ---------------------

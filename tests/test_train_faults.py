@@ -143,6 +143,7 @@ def assert_no_traceback(result):
 
 
 @pytest.mark.slow
+@pytest.mark.start_first
 def test_kills_and_a_full_disk_at_epoch_end_keep_every_finished_epoch_once(dataset, tmp_path, small_disk,
                                                                           eager_training, monkeypatch, capsys):
     """One 3-epoch run on a small file system of its own, stopped five times
